@@ -1,0 +1,267 @@
+"""Shared plumbing for the benchmarks: child processes that are always cleaned up, bounded
+waits with a progress line, submitter threads and the summary of one system's run.
+
+Every child process is started in its own process group (and, on Linux, asked to die with
+the benchmark), registered here, and stopped by ``stop_all_processes`` — call it in a
+``finally``. Nothing here talks to anything but 127.0.0.1.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+VENV_BIN = Path(sys.executable).parent   # flask, gunicorn, rq and celery come from the same venv
+
+_children: list[subprocess.Popen] = []
+_PR_SET_PDEATHSIG = 1
+
+
+class BenchError(RuntimeError):
+    """A system under test did not come up or did not finish in time."""
+
+
+def venv_tool(name: str) -> str:
+    path = VENV_BIN / name
+    if not path.exists():
+        raise BenchError(f"{name} not found next to {sys.executable}; activate the project venv")
+    return str(path)
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def start_process(cmd: list[str], *, env: dict[str, str], log_path: Path, cwd: Path = REPO_ROOT) -> subprocess.Popen:
+    """Start ``cmd`` in a new process group with stdout+stderr going to ``log_path``."""
+    log = open(log_path, "ab")
+    try:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    finally:
+        log.close()
+    _children.append(proc)
+    return proc
+
+
+def run_command(cmd: list[str], *, env: dict[str, str], log_path: Path, timeout: float = 120) -> None:
+    """Run a set-up command to completion (bounded); raise with its log's tail on failure."""
+    proc = start_process(cmd, env=env, log_path=log_path)
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_process(proc)
+        raise BenchError(f"{' '.join(cmd)} did not finish in {timeout:.0f}s") from None
+    if code != 0:
+        raise BenchError(f"{' '.join(cmd)} exited {code}:\n{tail(log_path)}")
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 15.0) -> None:
+    """SIGTERM the process group, wait up to ``grace`` seconds, then SIGKILL the group."""
+    try:
+        pgid = os.getpgid(proc.pid)
+    except ProcessLookupError:
+        pgid = None
+    if proc.poll() is None and pgid is not None:
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    if pgid is not None:  # gunicorn workers or other stragglers left in the group
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    if proc in _children:
+        _children.remove(proc)
+
+
+def stop_all_processes() -> None:
+    for proc in list(reversed(_children)):
+        stop_process(proc, grace=5.0)
+
+
+def raise_keyboard_interrupt_on_sigterm() -> None:
+    """A ``kill`` of the benchmark unwinds like Ctrl-C, so every ``finally`` runs."""
+    def handler(_signum, _frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- waiting ---------------------------------------------------------------------------------
+
+class Progress:
+    """One status line, rewritten in place on a terminal, printed every few seconds otherwise."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.tty = sys.stderr.isatty()
+        self.started = time.monotonic()
+        self._last_print = 0.0
+
+    def show(self, text: str, force: bool = False) -> None:
+        now = time.monotonic()
+        line = f"  {self.label}: {text} ({now - self.started:5.1f}s)"
+        if self.tty:
+            sys.stderr.write("\r" + line.ljust(100)[:100])
+            sys.stderr.flush()
+        elif force or now - self._last_print >= 5.0:
+            sys.stderr.write(line + "\n")
+            self._last_print = now
+
+    def done(self, text: str) -> None:
+        self.show(text, force=True)
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+def wait_for(check: Callable[[], tuple[bool, str]], *, label: str, timeout: float, interval: float = 0.25) -> str:
+    """Call ``check`` until it returns (True, text) or ``timeout`` passes (BenchError)."""
+    progress = Progress(label)
+    deadline = time.monotonic() + timeout
+    while True:
+        finished, text = check()
+        if finished:
+            progress.done(text)
+            return text
+        progress.show(text)
+        if time.monotonic() > deadline:
+            progress.done(text + " -- timed out")
+            raise BenchError(f"{label}: not finished after {timeout:.0f}s ({text})")
+        time.sleep(interval)
+
+
+class SubmitThreads:
+    """``clients`` threads call ``submit_one(i)`` for i in range(n) between them; each call's
+    return value is kept (in index order). A failing call is counted, not retried."""
+
+    def __init__(self, n: int, clients: int, submit_one: Callable[[int], object]):
+        self.n, self.submit_one = n, submit_one
+        self.results: list[object] = [None] * n
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self._next = 0
+        self._lock = threading.Lock()
+        self.first_submit_at: float | None = None
+        self.last_submit_at: float | None = None
+        self.threads = [threading.Thread(target=self._work, daemon=True, name=f"submit-{i}")
+                        for i in range(max(1, clients))]
+
+    def start(self) -> "SubmitThreads":
+        self.first_submit_at = time.time()
+        for t in self.threads:
+            t.start()
+        return self
+
+    def _work(self) -> None:
+        while not self.stop.is_set():
+            with self._lock:
+                i = self._next
+                if i >= self.n:
+                    return
+                self._next += 1
+            try:
+                self.results[i] = self.submit_one(i)
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                with self._lock:
+                    self.errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+            finally:
+                self.last_submit_at = time.time()
+
+    @property
+    def submitted(self) -> int:
+        return self._next
+
+    @property
+    def running(self) -> bool:
+        return any(t.is_alive() for t in self.threads)
+
+    def join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        if self.running:
+            self.stop.set()
+            raise BenchError(f"submitting did not finish in {timeout:.0f}s")
+
+
+# --- results ---------------------------------------------------------------------------------
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))
+    return ordered[rank - 1]
+
+
+def utc_epoch(value: str | datetime | None) -> float | None:
+    """Epoch seconds from an ISO 8601 string or a datetime (naive ones are taken as UTC)."""
+    if value is None:
+        return None
+    dt = datetime.fromisoformat(value.replace("Z", "+00:00")) if isinstance(value, str) else value
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def summarize(system: str, *, requested: int, first_submit: float, last_submit: float | None,
+              finished_at: list[float], latencies: list[float], failed: int = 0,
+              submit_errors: list[str] = (), notes: dict | None = None) -> dict:
+    """One system's row: jobs/s over first submit -> last finish, and start latencies in ms."""
+    done = len(finished_at)
+    elapsed = (max(finished_at) - first_submit) if finished_at else None
+    submit_seconds = (last_submit - first_submit) if last_submit else None
+    return {
+        "system": system, "jobs": requested, "succeeded": done, "failed": failed,
+        "submit_errors": len(submit_errors), "submit_error_samples": list(submit_errors)[:5],
+        "elapsed_s": round(elapsed, 3) if elapsed else None,
+        "jobs_per_s": round(done / elapsed, 1) if elapsed else None,
+        "submit_s": round(submit_seconds, 3) if submit_seconds else None,
+        "submits_per_s": round(requested / submit_seconds, 1) if submit_seconds else None,
+        "start_latency_ms": {
+            "p50": _ms(percentile(latencies, 50)), "p90": _ms(percentile(latencies, 90)),
+            "p99": _ms(percentile(latencies, 99)), "max": _ms(max(latencies) if latencies else None),
+        },
+        "notes": notes or {},
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)

@@ -1,0 +1,134 @@
+"""gunicorn settings for ilgun. gunicorn reads ./gunicorn.conf.py by default (or pass -c).
+
+Worker and thread counts come from ``service.profile.choose_profile`` (run
+``python -m service.profile`` to see what it picks and why). Environment variables:
+
+  ILGUN_PROFILE        small | medium | large | auto (default auto: by CPU cores)
+  WEB_CONCURRENCY      gunicorn workers, overrides the profile
+  THREADS              threads per worker, overrides the profile
+  MAX_WORKERS          job executor threads per worker, overrides the profile
+  HOST, PORT           listen address (default 127.0.0.1:8000)
+  GRACEFUL_TIMEOUT     seconds a stopping worker gets before it is killed (default 30)
+  TIMEOUT              seconds of silence before a worker is killed and restarted (default 60)
+  MAX_REQUESTS         restart a worker after this many requests, 0 = never (default 2000)
+  MAX_REQUESTS_JITTER  random extra requests so workers do not restart together (default 200)
+
+Every gunicorn worker runs the app and its own job engine: ``post_worker_init`` starts the
+engine and ``worker_exit`` stops it, so ``preload_app`` stays off — threads and database
+connections must be created in the worker, never inherited across fork.
+
+Names in this module that match gunicorn settings are read as settings; helpers start with
+an underscore so they can never be mistaken for one.
+"""
+import os
+import sys
+
+# gunicorn's console script does not put the working directory on sys.path before reading
+# this file, so make the project importable from wherever gunicorn was started.
+_PROJECT_ROOT = os.path.dirname(os.path.abspath(__file__))
+if _PROJECT_ROOT not in sys.path:
+    sys.path.insert(0, _PROJECT_ROOT)
+
+from service.profile import choose_profile, env_int as _env_int  # noqa: E402
+
+# Seconds of graceful_timeout kept back from the job engine's stop: the arbiter SIGKILLs a
+# worker graceful_timeout after SIGTERM, and the engine must finish handing back its jobs
+# (and the worker must exit) before that.
+_RUNTIME_STOP_MARGIN_SECONDS = 3
+
+_profile = choose_profile(os.environ)
+
+worker_class = "gthread"
+workers = _profile.workers
+threads = _profile.threads
+
+_host = os.environ.get("HOST", "").strip() or "127.0.0.1"
+_port = _env_int(os.environ, "PORT", 8000)
+if ":" in _host and not _host.startswith("["):
+    _host = f"[{_host}]"  # an IPv6 address needs brackets in host:port
+bind = f"{_host}:{_port}"
+
+graceful_timeout = _env_int(os.environ, "GRACEFUL_TIMEOUT", 30)
+timeout = _env_int(os.environ, "TIMEOUT", 60)
+# Periodic worker restarts bound slow memory growth (job kinds importing large libraries,
+# fragmentation); the jitter keeps all workers from restarting at the same moment.
+max_requests = _env_int(os.environ, "MAX_REQUESTS", 2000, minimum=0)
+max_requests_jitter = _env_int(os.environ, "MAX_REQUESTS_JITTER", 200, minimum=0)
+
+# The app reads MAX_WORKERS to size its job executor. Workers are forked from this process, so
+# setting it here reaches them; raw_env repeats it for anyone reading gunicorn's settings.
+os.environ["MAX_WORKERS"] = str(_profile.max_workers)
+raw_env = [f"MAX_WORKERS={_profile.max_workers}"]
+
+preload_app = False
+accesslog = "-"
+
+# gunicorn 27 opens a control socket at one fixed path per user ($HOME/.gunicorn/gunicorn.ctl):
+# two ilgun copies side by side would fight over it. Off unless a path is given.
+_control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET", "").strip()
+if _control_socket:
+    control_socket = _control_socket
+else:
+    control_socket_disable = True
+
+
+def when_ready(server):
+    server.log.info(
+        "ilgun profile %r: workers=%d threads=%d MAX_WORKERS=%d",
+        _profile.name, _profile.workers, _profile.threads, _profile.max_workers,
+    )
+    for reason in _profile.reasons:
+        server.log.info("  - %s", reason)
+
+
+def _runtime_function(log, name):
+    """``service.runtime.<name>``, or None (logged) when the module or function is missing,
+    so a half-deployed runtime leaves the web side serving instead of crash-looping workers."""
+    try:
+        from service import runtime
+    except ImportError:
+        log.exception("cannot import service.runtime; the job engine will not run in this worker")
+        return None
+    function = getattr(runtime, name, None)
+    if function is None:
+        log.error("service.runtime has no %s(); the job engine will not run in this worker", name)
+    return function
+
+
+def post_worker_init(worker):
+    start_worker_runtime = _runtime_function(worker.log, "start_worker_runtime")
+    if start_worker_runtime is None:
+        return
+    # Errors raised by the runtime itself propagate: a worker whose engine failed to start
+    # should fail to boot loudly rather than serve without running jobs.
+    start_worker_runtime(worker.wsgi, label=f"gunicorn-{worker.pid}")
+    worker.ilgun_runtime_started = True
+
+
+def worker_exit(server, worker):
+    # gunicorn also calls this hook in the master for a worker that was already gone; only a
+    # worker process that started the runtime has anything to stop.
+    if not getattr(worker, "ilgun_runtime_started", False):
+        return
+    stop_worker_runtime = _runtime_function(server.log, "stop_worker_runtime")
+    if stop_worker_runtime is None:
+        return
+    # server.cfg holds the final value, including a --graceful-timeout given on the command line.
+    grace = getattr(getattr(server, "cfg", None), "graceful_timeout", graceful_timeout)
+    stop_timeout = max(1, grace - _RUNTIME_STOP_MARGIN_SECONDS)
+    try:
+        stop_worker_runtime(worker.wsgi, timeout=stop_timeout)
+    except Exception:
+        # The worker is exiting either way; make sure the reason is in the log.
+        server.log.exception("stopping the job engine of worker %s failed", worker.pid)
+
+
+def worker_int(worker):
+    worker.log.info("worker %s interrupted (SIGINT/SIGQUIT), shutting down", worker.pid)
+
+
+def worker_abort(worker):
+    worker.log.warning(
+        "worker %s aborted (SIGABRT), usually because a request ran past timeout=%ss",
+        worker.pid, getattr(worker.cfg, "timeout", timeout),
+    )

@@ -1,0 +1,66 @@
+"""ilgun: a self-hosted, multi-user job service. ``create_app`` is the Flask app factory."""
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Mapping
+
+from flask import Flask
+
+from config import load_config
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    settings = load_config(config)
+    app = Flask(__name__, instance_path=settings["ILGUN_DATA"], instance_relative_config=False)
+    _apply_settings(app, settings)
+    logging.basicConfig(level=app.config["LOG_LEVEL"],
+                        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # import-time chatter
+
+    from service import cli
+    from service.extensions import db, jwt, limiter, migrate
+    from service.jobs_service import JobService
+    from service.store.database import make_engine
+    from service.web import auth, errors, jobs, security, system
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(Path(__file__).parent / "migrations"), render_as_batch=True)
+    jwt.init_app(app)
+    limiter.init_app(app)
+    security.init_app(app)
+    errors.init_app(app)
+
+    engine = make_engine(app.config["DATABASE_URL"], pool_size=app.config["MAX_WORKERS"] + 4)
+    app.extensions["ilgun"] = JobService(app.config, engine)
+
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(jobs.bp)
+    app.register_blueprint(system.bp)
+    cli.init_app(app)
+
+    if app.config["START_DISPATCHER"]:
+        from service.runtime import start_worker_runtime
+        start_worker_runtime(app, label="embedded")
+    return app
+
+
+def _apply_settings(app: Flask, settings: dict[str, Any]) -> None:
+    from service.secrets_file import ensure_secrets
+
+    if not settings["SECRET_KEY"] or not settings["JWT_SECRET_KEY"]:
+        generated = ensure_secrets(settings["ILGUN_DATA"])
+        settings["SECRET_KEY"] = settings["SECRET_KEY"] or generated["SECRET_KEY"]
+        settings["JWT_SECRET_KEY"] = settings["JWT_SECRET_KEY"] or generated["JWT_SECRET_KEY"]
+    app.config.update(settings)
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=settings["DATABASE_URL"],
+        JWT_ACCESS_TOKEN_EXPIRES=timedelta(seconds=settings["JWT_ACCESS_TOKEN_EXPIRES"]),
+        JWT_REFRESH_TOKEN_EXPIRES=timedelta(seconds=settings["JWT_REFRESH_TOKEN_EXPIRES"]),
+        JWT_TOKEN_LOCATION=["headers"],
+        RATELIMIT_STRATEGY="fixed-window",
+        RATELIMIT_HEADERS_ENABLED=True,
+        RATELIMIT_KEY_PREFIX="ilgun",
+        JSON_SORT_KEYS=False,
+    )

@@ -1,0 +1,142 @@
+"""What a running job sees: its params, folders, progress reporting and a stop flag."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import mimetypes
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from service.engine.kind import JobCancelled
+from service.workspace import safe_filename
+
+log = logging.getLogger(__name__)
+
+# Why progress is throttled: a kind may report on every chunk, and each report is a
+# database write competing for SQLite's single write lock with every other worker.
+PROGRESS_MIN_INTERVAL = 0.25
+
+
+class _AtomicOutput:
+    """A file written under tmp/ and moved into out/ only when closed without error,
+    so a reader never sees a half-written output. Hashes what it writes on the way."""
+
+    def __init__(self, ctx: "RunContext", name: str, mode: str):
+        self._ctx, self.name = ctx, name
+        self._final = ctx.workspace / name
+        self._partial = ctx.tmp_dir / f".{name}.part"
+        self._file = open(self._partial, mode)
+        self._sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        raw = data.encode() if isinstance(data, str) else data
+        self._sha.update(raw)
+        self.size += len(raw)
+        return self._file.write(data)
+
+    def __getattr__(self, item):
+        return getattr(self._file, item)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self._file.close()
+        if exc_type is None:
+            os.replace(self._partial, self._final)
+            self._ctx._hashes[self.name] = self._sha.hexdigest()
+        else:
+            try:
+                os.unlink(self._partial)
+            except OSError:
+                pass
+        return False
+
+
+class RunContext:
+    def __init__(self, job: Mapping[str, Any], config: Mapping[str, Any], out_dir: Path, tmp_dir: Path,
+                 report_progress):
+        self.job_id: str = job["id"]
+        self.owner_id: int = job["owner_id"]
+        self.kind: str = job["kind"]
+        self.params: Mapping[str, Any] = job["params"] or {}
+        self.attempt: int = job["attempt"]
+        self.token: str = job["run_token"]
+        self.config = config
+        self.workspace = out_dir
+        self.tmp_dir = tmp_dir
+        self.log = logging.getLogger(f"ilgun.job.{self.kind}")
+        self.started_monotonic = time.monotonic()
+        self.stop_reason: str | None = None
+        self._stop = threading.Event()
+        self._report = report_progress
+        self._last_write = 0.0
+        self._pending: tuple[float, str | None] | None = None
+        self._hashes: dict[str, str] = {}
+
+    # -- stopping -------------------------------------------------------------------------
+    @property
+    def cancelled(self) -> bool:
+        return self._stop.is_set()
+
+    def request_stop(self, reason: str) -> None:
+        """reason: cancel (user), timeout, shutdown (worker leaving) or lost (lease taken over)."""
+        if not self._stop.is_set():
+            self.stop_reason = reason
+            self._stop.set()
+
+    def check_cancelled(self) -> None:
+        if self._stop.is_set():
+            raise JobCancelled(self.stop_reason)
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep that wakes up at once on cancel; True if the job should stop."""
+        return self._stop.wait(seconds)
+
+    # -- progress -------------------------------------------------------------------------
+    def progress(self, percent: float, message: str | None = None) -> None:
+        percent = max(0.0, min(100.0, float(percent)))
+        self._pending = (percent, message)
+        now = time.monotonic()
+        if now - self._last_write >= PROGRESS_MIN_INTERVAL:
+            self.flush_progress()
+
+    def flush_progress(self) -> None:
+        if self._pending is None:
+            return
+        percent, message = self._pending
+        self._pending = None
+        self._last_write = time.monotonic()
+        if not self._report(self.job_id, self.token, percent, message):
+            self.request_stop("lost")
+
+    # -- files ----------------------------------------------------------------------------
+    def open_output(self, name: str, mode: str = "wb") -> _AtomicOutput:
+        if "r" in mode or "+" in mode:
+            raise ValueError("outputs are write-only")
+        return _AtomicOutput(self, safe_filename(name), mode)
+
+    def temp_path(self, name: str) -> Path:
+        return self.tmp_dir / safe_filename(name)
+
+    def output_files(self) -> list[dict]:
+        files = []
+        for path in sorted(self.workspace.iterdir()):
+            if not path.is_file() or path.is_symlink():
+                continue
+            sha = self._hashes.get(path.name) or _sha256_file(path)
+            ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            files.append({"name": path.name, "size": path.stat().st_size, "content_type": ctype, "sha256": sha})
+        return files
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

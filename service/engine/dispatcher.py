@@ -1,0 +1,283 @@
+"""One dispatcher per process: claims jobs into a thread pool while it has free slots.
+
+Threads:
+  * the claim loop: claims as many jobs as there are free slots, then sleeps until woken
+    (a local submit or a finished job) or the poll interval passes (jobs submitted elsewhere);
+  * the monitor: every MONITOR_INTERVAL reads cancel flags and enforces timeouts, renews
+    leases and the worker heartbeat every lease/4, and sweeps expired leases.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Mapping
+
+from filelock import Timeout as LockTimeout
+
+from service.engine.context import RunContext
+from service.engine.kind import JobCancelled, JobFailed, JobKind, TransientJobError
+from service.engine.status import JobStatus
+from service.store.claims import ClaimStore
+from service.store.jobs import KindPolicy
+from service.store.workers import WorkerStore
+from service.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+MONITOR_INTERVAL = 0.5
+JOB_LOCK_WAIT = 30.0
+MAX_BACKOFF = 300.0
+
+
+def policy_for(kind: JobKind, config: Mapping[str, Any]) -> KindPolicy:
+    per_user, global_limit = kind.limits_for(config)
+    return KindPolicy(kind.name, per_user, kind.over_limit, global_limit, kind.max_attempts,
+                      kind.timeout_for(config))
+
+
+class Dispatcher:
+    def __init__(self, engine, kinds: Mapping[str, JobKind], config: Mapping[str, Any],
+                 workspace: Workspace, *, slots: int | None = None, worker_id: str | None = None):
+        self.kinds = dict(kinds)
+        self.config = config
+        self.workspace = workspace
+        self.slots = int(slots or config.get("MAX_WORKERS", 2))
+        self.host = socket.gethostname()
+        self.worker_id = worker_id or f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.lease_seconds = float(config.get("LEASE_SECONDS", 30))
+        self.poll_interval = float(config.get("POLL_INTERVAL", 0.5))
+        self.sweep_interval = float(config.get("SWEEP_INTERVAL", 5))
+        self.claims = ClaimStore(engine)
+        self.workers = WorkerStore(engine)
+        self.policies = {name: policy_for(k, config) for name, k in self.kinds.items()}
+        self._active: dict[str, RunContext] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._monitor_stop = threading.Event()
+        self._accepting = True
+        self._executor: ThreadPoolExecutor | None = None
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> "Dispatcher":
+        self._executor = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="ilgun-job")
+        self._safe(self._sweep)  # recover what a previous crash left behind before claiming
+        self._safe(self._heartbeat)
+        for target, name in ((self._claim_loop, "ilgun-claim"), (self._monitor_loop, "ilgun-monitor")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        log.info("dispatcher %s started with %d slots", self.worker_id, self.slots)
+        return self
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 25.0) -> list[str]:
+        """Stop claiming, let running jobs finish for up to ``timeout`` seconds, then hand
+        the rest back to the queue. Returns the ids handed back."""
+        self._accepting = False
+        self._stopping.set()
+        self._wake.set()
+        deadline = time.monotonic() + max(0.0, timeout)
+        while self.active_ids() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        handed_back = []
+        with self._lock:
+            remaining = list(self._active.values())
+        for ctx in remaining:
+            ctx.request_stop("shutdown")
+        # The kinds notice the flag within about a second and requeue themselves; anything
+        # still running after that is requeued here (its later writes are fenced by run_token).
+        grace = time.monotonic() + 2.0
+        while self.active_ids() and time.monotonic() < grace:
+            time.sleep(0.05)
+        with self._lock:
+            stuck = list(self._active.values())
+        for ctx in stuck:
+            if self._safe(self.claims.requeue, ctx.job_id, ctx.token, run_after=time.time(),
+                          refund_attempt=True, message="handed back: worker shutting down"):
+                handed_back.append(ctx.job_id)
+        handed_back += [c.job_id for c in remaining if c not in stuck]
+        self._monitor_stop.set()
+        for t in self._threads:
+            t.join(timeout=2)
+        if self._executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._safe(self.workers.remove, self.worker_id)
+        log.info("dispatcher %s stopped; handed back %d job(s)", self.worker_id, len(handed_back))
+        return handed_back
+
+    def active_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._active)
+
+    def cancel_local(self, job_id: str) -> None:
+        with self._lock:
+            ctx = self._active.get(job_id)
+        if ctx is not None:
+            ctx.request_stop("cancel")
+
+    # -- claiming -------------------------------------------------------------------------
+    def _claim_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            free = self.slots - len(self.active_ids())
+            if self._accepting and free > 0:
+                claimed = self._safe(self.claims.claim, self.worker_id, free, self.policies,
+                                     self.lease_seconds) or []
+                for job in claimed:
+                    self._start(job)
+            self._wake.wait(self.poll_interval)
+
+    def _start(self, job: dict) -> None:
+        out_dir = self.workspace.output_dir(job["owner_id"], job["id"])
+        tmp_dir = self.workspace.tmp_dir(job["owner_id"], job["id"])
+        ctx = RunContext(job, self.config, out_dir, tmp_dir, self.claims.progress)
+        with self._lock:
+            self._active[job["id"]] = ctx
+        self._executor.submit(self._execute, job, ctx)
+
+    # -- executing ------------------------------------------------------------------------
+    def _execute(self, job: dict, ctx: RunContext) -> None:
+        lock = self.workspace.job_lock(job["id"])
+        try:
+            try:
+                lock.acquire(timeout=JOB_LOCK_WAIT)
+            except LockTimeout:
+                # A stale execution on a hung worker still holds the folder; it will notice
+                # it lost the lease and let go. Try again shortly.
+                self.claims.requeue(job["id"], ctx.token, run_after=time.time() + 5, refund_attempt=True,
+                                    message="waiting for a previous attempt to release its files")
+                return
+            try:
+                self._run_kind(job, ctx)
+            finally:
+                lock.release()
+        except Exception:
+            log.exception("job %s: engine error", job["id"])
+        finally:
+            with self._lock:
+                self._active.pop(job["id"], None)
+            self._wake.set()
+
+    def _run_kind(self, job: dict, ctx: RunContext) -> None:
+        kind = self.kinds[job["kind"]]
+        owner, job_id = job["owner_id"], job["id"]
+        self.workspace.prepare_attempt(owner, job_id)
+        started = time.monotonic()
+        try:
+            result = kind.run(ctx)
+            ctx.flush_progress()
+            ctx.check_cancelled()
+            self.workspace.discard_tmp(owner, job_id)
+            self.claims.finish(job_id, ctx.token, JobStatus.SUCCEEDED, result=result,
+                               files=ctx.output_files(), duration=time.monotonic() - started, message="done")
+        except JobCancelled:
+            self._stopped(job, ctx)
+        except TransientJobError as exc:
+            self._discard(job, ctx)
+            if job["attempt"] < job["max_attempts"] and not ctx.cancelled:
+                delay = min(MAX_BACKOFF, kind.retry_backoff_seconds * 2 ** (job["attempt"] - 1))
+                delay *= random.uniform(0.5, 1.0)
+                self.claims.requeue(job_id, ctx.token, run_after=time.time() + delay, error_code=exc.code,
+                                    error_message=exc.message,
+                                    message=f"retrying in {delay:.1f}s after {exc.code}")
+            else:
+                self.claims.finish(job_id, ctx.token, JobStatus.FAILED, error_code=exc.code,
+                                   error_message=exc.message, result=_details(exc))
+        except JobFailed as exc:
+            self._discard(job, ctx)
+            self.claims.finish(job_id, ctx.token, JobStatus.FAILED, error_code=exc.code,
+                               error_message=exc.message, result=_details(exc))
+        except Exception as exc:  # a bug in a kind must not take the worker down
+            log.exception("job %s (%s) crashed", job_id, job["kind"])
+            self._discard(job, ctx)
+            self.claims.finish(job_id, ctx.token, JobStatus.FAILED, error_code="INTERNAL_ERROR",
+                               error_message=f"The job failed unexpectedly ({type(exc).__name__}).")
+
+    def _stopped(self, job: dict, ctx: RunContext) -> None:
+        reason = ctx.stop_reason
+        if reason == "lost":
+            return  # another worker owns the job now; leave its files and record alone
+        self._discard(job, ctx)
+        if reason == "shutdown":
+            self.claims.requeue(job["id"], ctx.token, run_after=time.time(), refund_attempt=True,
+                                message="handed back: worker shutting down")
+        elif reason == "timeout":
+            self.claims.finish(job["id"], ctx.token, JobStatus.FAILED, error_code="TIMEOUT",
+                               error_message=f"The job ran longer than {job['timeout_seconds']:.0f}s.")
+        else:
+            self.claims.finish(job["id"], ctx.token, JobStatus.CANCELLED, message="cancelled")
+
+    def _discard(self, job: dict, ctx: RunContext) -> None:
+        """Remove the attempt's partial and output files."""
+        shutil.rmtree(self.workspace.job_dir(job["owner_id"], job["id"]), ignore_errors=True)
+
+    # -- monitoring -----------------------------------------------------------------------
+    def _monitor_loop(self) -> None:
+        next_renew = next_sweep = 0.0
+        while not self._monitor_stop.wait(MONITOR_INTERVAL):
+            now = time.monotonic()
+            self._safe(self._check_flags)
+            if now >= next_renew:
+                self._safe(self._renew)
+                self._safe(self._heartbeat)
+                next_renew = now + self.lease_seconds / 4
+            if now >= next_sweep and not self._stopping.is_set():
+                self._safe(self._sweep)
+                next_sweep = now + self.sweep_interval
+
+    def _contexts(self) -> dict[str, RunContext]:
+        with self._lock:
+            return dict(self._active)
+
+    def _check_flags(self) -> None:
+        active = self._contexts()
+        flags = self.claims.cancel_flags({j: c.token for j, c in active.items()})
+        now = time.monotonic()
+        for job_id, ctx in active.items():
+            if job_id not in flags:
+                ctx.request_stop("lost")
+            elif flags[job_id]:
+                ctx.request_stop("cancel")
+            timeout = self.policies[ctx.kind].timeout_seconds
+            if timeout and now - ctx.started_monotonic > timeout:
+                ctx.request_stop("timeout")
+
+    def _renew(self) -> None:
+        active = self._contexts()
+        for job_id in self.claims.renew({j: c.token for j, c in active.items()}, self.lease_seconds):
+            active[job_id].request_stop("lost")
+
+    def _heartbeat(self) -> None:
+        self.workers.heartbeat(self.worker_id, self.host, os.getpid(), self.slots, self.active_ids())
+
+    def _sweep(self) -> None:
+        requeued, abandoned = self.claims.sweep()
+        for job in abandoned:
+            self.workspace.remove_job(job["owner_id"], job["id"], lock_timeout=0.1)
+        if requeued:
+            log.warning("recovered %d job(s) from dead workers: %s", len(requeued), requeued)
+            self._wake.set()
+        self.workers.prune(stale_after=self.lease_seconds * 2)
+
+    @staticmethod
+    def _safe(fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            log.exception("dispatcher: %s failed", getattr(fn, "__name__", fn))
+            return None
+
+
+def _details(exc: JobFailed):
+    return {"error_details": exc.details} if exc.details is not None else None

@@ -1,0 +1,74 @@
+"""Domain errors. Every error a user can see subclasses IlgunError and carries a stable code.
+
+This module knows nothing of HTTP: ``service.web.errors`` maps each class to a status in one table.
+"""
+from __future__ import annotations
+
+
+class IlgunError(Exception):
+    code = "ERROR"
+    message = "Something went wrong."
+
+    def __init__(self, message: str | None = None, *, code: str | None = None,
+                 details=None, retry_after: int | None = None):
+        super().__init__(message or self.message)
+        self.message = message or self.message
+        if code:
+            self.code = code
+        self.details = details
+        self.retry_after = retry_after
+
+
+class ValidationError(IlgunError):
+    code = "VALIDATION_ERROR"
+    message = "The request is not valid."
+
+
+class NotFound(IlgunError):
+    code = "NOT_FOUND"
+    message = "Not found."
+
+
+class InvalidState(IlgunError):
+    code = "INVALID_STATE"
+    message = "The job is not in a state that allows this."
+
+
+class ConcurrencyLimit(IlgunError):
+    code = "CONCURRENCY_LIMIT"
+    message = "You already have as many jobs of this kind as are allowed at once."
+
+
+class QueueFull(IlgunError):
+    code = "QUEUE_FULL"
+    message = "You have too many queued jobs; wait for some to finish."
+
+
+class ServiceBusy(IlgunError):
+    code = "SERVICE_BUSY"
+    message = "The service queue is full; try again later."
+
+
+class AuthFailed(IlgunError):
+    code = "AUTH_FAILED"
+    message = "Invalid username or password."
+
+
+class Forbidden(IlgunError):
+    code = "FORBIDDEN"
+    message = "You are not allowed to do this."
+
+
+class AlreadyExists(IlgunError):
+    code = "ALREADY_EXISTS"
+    message = "It already exists."
+
+
+class PathNotAllowed(ValidationError):
+    code = "PATH_NOT_ALLOWED"
+    message = "That file name or path is not allowed."
+
+
+class UrlNotAllowed(ValidationError):
+    code = "URL_NOT_ALLOWED"
+    message = "That URL is not allowed."

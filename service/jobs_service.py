@@ -1,0 +1,146 @@
+"""The application's use cases, free of Flask: the web layer calls these and nothing lower.
+
+``viewer`` is the signed-in user as a dict with ``id`` and ``role``; admins see every job,
+everyone else only their own (another user's job id answers JOB_NOT_FOUND).
+"""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+from service.engine.dispatcher import policy_for
+from service.errors import Forbidden, NotFound
+from service.kinds import KINDS, get_kind
+from service.store.jobs import JobStore, QueueBounds, eta_seconds
+from service.store.users import UserStore
+from service.store.workers import WorkerStore
+from service.workspace import Workspace, check_plain_name
+
+
+def iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds") if ts else None
+
+
+def _scope(viewer: Mapping[str, Any]) -> int | None:
+    return None if viewer.get("role") == "admin" else int(viewer["id"])
+
+
+class JobService:
+    def __init__(self, config: Mapping[str, Any], engine):
+        self.config = config
+        self.engine = engine
+        self.jobs = JobStore(engine)
+        self.users = UserStore(engine)
+        self.workers = WorkerStore(engine)
+        self.workspace = Workspace(config["FILES_ROOT"])
+        self.kinds = KINDS
+        self.dispatcher = None  # set in processes that execute jobs (see service.runtime)
+
+    @property
+    def bounds(self) -> QueueBounds:
+        c = self.config
+        return QueueBounds(c["MAX_QUEUED_PER_USER"], c["MAX_QUEUED_TOTAL"], c["QUEUE_RETRY_AFTER"])
+
+    # -- commands -------------------------------------------------------------------------
+    def submit(self, viewer, kind_name: str, params: Mapping[str, Any] | None,
+               idempotency_key: str | None = None) -> tuple[dict, bool]:
+        kind = get_kind(kind_name)
+        if kind.admin_only and viewer.get("role") != "admin" and not (
+                kind.name == "sleep" and self.config.get("SLEEP_KIND_FOR_EVERYONE")):
+            raise Forbidden(f"Only admins may submit {kind.name} jobs.", code="KIND_NOT_ALLOWED")
+        clean = kind.validate(dict(params or {}), self.config)
+        job, created = self.jobs.submit(int(viewer["id"]), policy_for(kind, self.config), clean, self.bounds,
+                                        idempotency_key=idempotency_key)
+        if created and self.dispatcher is not None:
+            self.dispatcher.wake()  # start now if this worker has a free slot
+        return self.view(job), created
+
+    def cancel(self, viewer, job_id: str) -> dict:
+        job = self.jobs.request_cancel(job_id, _scope(viewer))
+        if self.dispatcher is not None:
+            self.dispatcher.cancel_local(job["id"])
+        return self.view(job)
+
+    def retry(self, viewer, job_id: str) -> dict:
+        job = self.jobs.retry(job_id, _scope(viewer))
+        self.workspace.remove_job(job["owner_id"], job["id"])
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
+        return self.view(job)
+
+    def delete(self, viewer, job_id: str) -> None:
+        job = self.jobs.delete(job_id, _scope(viewer))
+        self.workspace.remove_job(job["owner_id"], job["id"])
+
+    # -- queries --------------------------------------------------------------------------
+    def get(self, viewer, job_id: str) -> dict:
+        return self.view(self.jobs.get(job_id, _scope(viewer)))
+
+    def list(self, viewer, *, status=None, kind=None, page=1, page_size=20) -> tuple[list[dict], int]:
+        rows, total = self.jobs.list(_scope(viewer), status=status, kind=kind, page=page, page_size=page_size)
+        files = self.jobs.files_for([r["id"] for r in rows])
+        timing = self._timing() if any(r["status"] == "queued" for r in rows) else None
+        return [self.view(r, files=files[r["id"]], timing=timing) for r in rows], total
+
+    def file_path(self, viewer, job_id: str, name: str) -> tuple[Path, dict]:
+        job = self.jobs.get(job_id, _scope(viewer))
+        check_plain_name(name)
+        for f in self.jobs.files(job["id"]):
+            if f["name"] == name:
+                path = self.workspace.output_file(job["owner_id"], job["id"], name)
+                if path.is_file():
+                    return path, f
+        raise NotFound("No such file for this job.", code="FILE_NOT_FOUND")
+
+    def files(self, viewer, job_id: str) -> list[dict]:
+        job = self.jobs.get(job_id, _scope(viewer))
+        return [_file_view(f) for f in self.jobs.files(job["id"])]
+
+    def stats(self, viewer) -> dict:
+        scope = _scope(viewer)
+        counts = self.jobs.counts(scope)
+        by_status: dict[str, int] = {}
+        for per_kind in counts.values():
+            for status, n in per_kind.items():
+                by_status[status] = by_status.get(status, 0) + n
+        out = {"scope": "global" if scope is None else "user", "jobs_by_kind": counts, "jobs_by_status": by_status}
+        if scope is None:
+            stale = self.config["LEASE_SECONDS"] * 2
+            out["users"] = self.users.counts(active_since=time.time() - 86400)
+            out["workers"] = [{"id": w["id"], "host": w["host"], "pid": w["pid"], "slots": w["slots"],
+                               "running": w["running"] or [],
+                               "heartbeat_age": round(time.time() - w["heartbeat_at"], 1)}
+                              for w in self.workers.live(stale)]
+        return out
+
+    # -- presentation ---------------------------------------------------------------------
+    def _timing(self) -> tuple[dict[str, float], int]:
+        slots = self.workers.live_slots(self.config["LEASE_SECONDS"] * 2) or int(self.config["MAX_WORKERS"])
+        return self.workers.average_durations(), slots
+
+    def view(self, job: dict, files: list[dict] | None = None, timing=None) -> dict:
+        position = eta = None
+        if job["status"] == "queued":
+            averages, slots = timing or self._timing()
+            kind = self.kinds.get(job["kind"])
+            avg = averages.get(job["kind"], kind.default_duration_seconds if kind else 5.0)
+            _, global_limit = kind.limits_for(self.config) if kind else (None, None)
+            position = self.jobs.queue_position(job)
+            eta = eta_seconds(position, avg, min(slots, global_limit or slots), job["run_after"] - time.time())
+        if files is None:
+            files = self.jobs.files(job["id"]) if job["status"] == "succeeded" else []
+        error = {"code": job["error_code"], "message": job["error_message"]} if job["error_code"] else None
+        return {
+            "id": job["id"], "kind": job["kind"], "owner_id": job["owner_id"], "status": job["status"],
+            "progress": round(job["progress"], 1), "message": job["message"], "position": position,
+            "eta_seconds": eta, "attempt": job["attempt"], "max_attempts": job["max_attempts"],
+            "params": job["params"], "created_at": iso(job["created_at"]), "started_at": iso(job["started_at"]),
+            "finished_at": iso(job["finished_at"]), "result": job["result"], "error": error,
+            "cancel_requested": bool(job["cancel_requested"]), "files": [_file_view(f) for f in files],
+        }
+
+
+def _file_view(f: dict) -> dict:
+    return {"name": f["name"], "size": f["size"], "content_type": f["content_type"], "sha256": f["sha256"]}

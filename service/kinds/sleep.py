@@ -1,0 +1,68 @@
+"""The ``sleep`` kind: waits, reports progress in steps, optionally fails. For tests,
+benchmarks and demos; admins only unless SLEEP_KIND_FOR_EVERYONE is set."""
+from __future__ import annotations
+
+from service.engine.kind import JobCancelled, JobFailed, JobKind, TransientJobError
+from service.errors import ValidationError
+
+MAX_DURATION = 3600.0
+FAIL_MODES = {None, "permanent", "transient", "crash"}
+
+
+class SleepKind(JobKind):
+    name = "sleep"
+    description = "Wait for `duration` seconds in `steps` progress steps; optionally fail."
+    admin_only = True
+    max_attempts = 3
+    retry_backoff_seconds = 0.2
+    default_duration_seconds = 1.0
+
+    def validate(self, params, config):
+        try:
+            duration = float(params.get("duration", 1.0))
+            steps = int(params.get("steps", 10))
+        except (TypeError, ValueError):
+            raise ValidationError("duration must be a number and steps an integer.",
+                                  details={"fields": ["duration", "steps"]}) from None
+        if not 0 <= duration <= MAX_DURATION:
+            raise ValidationError(f"duration must be between 0 and {MAX_DURATION:.0f} seconds.",
+                                  details={"field": "duration"})
+        if not 1 <= steps <= 1000:
+            raise ValidationError("steps must be between 1 and 1000.", details={"field": "steps"})
+        fail = params.get("fail")
+        if fail is True:
+            fail = "permanent"
+        if fail is False:
+            fail = None
+        if fail not in FAIL_MODES:
+            raise ValidationError("fail must be one of permanent, transient, crash.", details={"field": "fail"})
+        out = {"duration": duration, "steps": steps}
+        if fail:
+            out["fail"] = fail
+            # transient failures succeed on this attempt number (None: never)
+            succeed_on = params.get("succeed_on_attempt")
+            if succeed_on is not None:
+                out["succeed_on_attempt"] = int(succeed_on)
+        if params.get("write_file"):
+            out["write_file"] = True
+        return out
+
+    def run(self, ctx):
+        duration, steps = ctx.params["duration"], ctx.params["steps"]
+        if ctx.params.get("write_file"):
+            with ctx.open_output("sleep.txt", "w") as f:
+                f.write(f"job {ctx.job_id} attempt {ctx.attempt}\n")
+        for step in range(1, steps + 1):
+            if duration and ctx.wait(duration / steps):
+                raise JobCancelled(ctx.stop_reason)
+            ctx.check_cancelled()
+            ctx.progress(100.0 * step / steps, f"step {step}/{steps}")
+        fail = ctx.params.get("fail")
+        succeed_on = ctx.params.get("succeed_on_attempt")
+        if fail and not (succeed_on and ctx.attempt >= succeed_on):
+            if fail == "transient":
+                raise TransientJobError("SLEEP_TRANSIENT", f"transient failure on attempt {ctx.attempt}")
+            if fail == "crash":
+                raise RuntimeError("deliberate crash")
+            raise JobFailed("SLEEP_FAILED", "failed as asked")
+        return {"slept": duration, "steps": steps, "attempt": ctx.attempt}

@@ -1,0 +1,33 @@
+"""Start and stop the job dispatcher inside one serving process.
+
+gunicorn calls these from its post_worker_init and worker_exit hooks (gunicorn.conf.py), so
+the executor and its threads are created after the fork, never in the master.
+"""
+from __future__ import annotations
+
+import logging
+
+from service.engine.dispatcher import Dispatcher
+
+log = logging.getLogger(__name__)
+
+
+def start_worker_runtime(app, label: str = "worker") -> Dispatcher:
+    svc = app.extensions["ilgun"]
+    if svc.dispatcher is not None:
+        return svc.dispatcher
+    dispatcher = Dispatcher(svc.engine, svc.kinds, app.config, svc.workspace,
+                            slots=int(app.config["MAX_WORKERS"]))
+    svc.dispatcher = dispatcher
+    dispatcher.start()
+    log.info("%s: dispatcher %s running", label, dispatcher.worker_id)
+    return dispatcher
+
+
+def stop_worker_runtime(app, timeout: float | None = None) -> list[str]:
+    svc = app.extensions["ilgun"]
+    dispatcher, svc.dispatcher = svc.dispatcher, None
+    if dispatcher is None:
+        return []
+    grace = app.config["SHUTDOWN_GRACE"] if timeout is None else timeout
+    return dispatcher.stop(timeout=grace)

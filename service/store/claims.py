@@ -1,0 +1,188 @@
+"""The execution side of the job store: claim, lease renewal, progress, finish, sweep.
+
+Every write by an execution is fenced by ``run_token``, which changes on every claim: once a
+lease expired and another worker re-claimed the job, the old execution's writes match no row,
+so it can never overwrite the newer attempt's progress or result.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+
+import sqlalchemy as sa
+
+from service.engine.status import JobStatus
+from service.store import database
+from service.store.jobs import CLAIM_LOCK, QUEUED, RUNNING, KindPolicy, as_dict, pg_lock
+from service.store.schema import job_files, jobs, kind_stats
+
+EWMA_WEIGHT = 0.2   # recent run times count most in the ETA
+
+
+class ClaimStore:
+    def __init__(self, engine: sa.Engine, clock=time.time):
+        self.engine = engine
+        self.clock = clock
+
+    def claim(self, worker_id: str, n: int, policies: dict[str, KindPolicy], lease_seconds: float) -> list[dict]:
+        """Atomically move up to ``n`` claimable jobs to running for ``worker_id``.
+
+        Per-user and global running limits are computed inside the same write transaction,
+        so two workers claiming at once cannot both take the last allowed slot."""
+        if n <= 0 or not policies:
+            return []
+
+        def tx(conn):
+            pg_lock(conn, CLAIM_LOCK)
+            now = self.clock()
+            per_kind: Counter = Counter()
+            per_pair: Counter = Counter()
+            for kind, owner, count in conn.execute(
+                    sa.select(jobs.c.kind, jobs.c.owner_id, sa.func.count())
+                    .where(jobs.c.status == RUNNING).group_by(jobs.c.kind, jobs.c.owner_id)):
+                per_kind[kind] += count
+                per_pair[(kind, owner)] += count
+            claimed = []
+            for _ in range(n):
+                row = conn.execute(self._next_query(now, policies, per_kind, per_pair)).first()
+                if row is None:
+                    break
+                token = uuid.uuid4().hex
+                conn.execute(jobs.update().where(jobs.c.id == row.id, jobs.c.status == QUEUED).values(
+                    status=RUNNING, attempt=jobs.c.attempt + 1, run_token=token, lease_owner=worker_id,
+                    lease_expires_at=now + lease_seconds, started_at=now, updated_at=now,
+                    progress=0.0, message="started"))
+                per_kind[row.kind] += 1
+                per_pair[(row.kind, row.owner_id)] += 1
+                claimed.append(as_dict(conn.execute(sa.select(jobs).where(jobs.c.id == row.id)).first()))
+            return claimed
+        return database.write(self.engine, tx)
+
+    @staticmethod
+    def _next_query(now, policies, per_kind, per_pair):
+        cond = [jobs.c.status == QUEUED, jobs.c.run_after <= now, jobs.c.kind.in_(list(policies))]
+        full_kinds = [k for k, p in policies.items()
+                      if p.global_limit is not None and per_kind[k] >= p.global_limit]
+        if full_kinds:
+            cond.append(jobs.c.kind.not_in(full_kinds))
+        for (kind, owner), count in per_pair.items():
+            p = policies.get(kind)
+            if p is not None and p.per_user_limit is not None and count >= p.per_user_limit:
+                cond.append(sa.not_(sa.and_(jobs.c.kind == kind, jobs.c.owner_id == owner)))
+        return (sa.select(jobs.c.id, jobs.c.kind, jobs.c.owner_id).where(*cond)
+                .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id).limit(1))
+
+    def renew(self, tokens: dict[str, str], lease_seconds: float) -> set[str]:
+        """Extend the leases of running executions; returns the job ids this worker lost."""
+        if not tokens:
+            return set()
+
+        def tx(conn):
+            now = self.clock()
+            lost = set()
+            for job_id, token in tokens.items():
+                res = conn.execute(jobs.update().where(
+                    jobs.c.id == job_id, jobs.c.run_token == token, jobs.c.status == RUNNING)
+                    .values(lease_expires_at=now + lease_seconds))
+                if res.rowcount == 0:
+                    lost.add(job_id)
+            return lost
+        return database.write(self.engine, tx)
+
+    def cancel_flags(self, tokens: dict[str, str]) -> dict[str, bool]:
+        """For each execution: True if cancel was asked, False if still ours, missing if lost."""
+        if not tokens:
+            return {}
+        with database.read(self.engine) as conn:
+            rows = conn.execute(sa.select(jobs.c.id, jobs.c.run_token, jobs.c.status, jobs.c.cancel_requested)
+                                .where(jobs.c.id.in_(list(tokens)))).all()
+        return {r.id: bool(r.cancel_requested) for r in rows
+                if r.run_token == tokens[r.id] and r.status == RUNNING}
+
+    def progress(self, job_id: str, token: str, percent: float, message: str | None) -> bool:
+        def tx(conn):
+            res = conn.execute(jobs.update().where(
+                jobs.c.id == job_id, jobs.c.run_token == token, jobs.c.status == RUNNING)
+                .values(progress=percent, message=(message or "")[:500], updated_at=self.clock()))
+            return res.rowcount == 1
+        return database.write(self.engine, tx)
+
+    def finish(self, job_id: str, token: str, status: JobStatus, *, result=None, error_code=None,
+               error_message=None, files: list[dict] = (), duration: float | None = None,
+               message: str | None = None) -> bool:
+        """Record a final state; False if this execution no longer owns the job."""
+        def tx(conn):
+            now = self.clock()
+            values = dict(status=status.value, result=result, error_code=error_code,
+                          error_message=error_message, finished_at=now, updated_at=now,
+                          lease_owner=None, lease_expires_at=None, message=message)
+            if status == JobStatus.SUCCEEDED:
+                values["progress"] = 100.0
+            res = conn.execute(jobs.update().where(
+                jobs.c.id == job_id, jobs.c.run_token == token, jobs.c.status == RUNNING).values(**values))
+            if res.rowcount != 1:
+                return False
+            conn.execute(job_files.delete().where(job_files.c.job_id == job_id))
+            for f in files:
+                conn.execute(job_files.insert().values(job_id=job_id, created_at=now, **f))
+            if status == JobStatus.SUCCEEDED and duration is not None:
+                kind = conn.execute(sa.select(jobs.c.kind).where(jobs.c.id == job_id)).scalar_one()
+                self._record_duration(conn, kind, duration, now)
+            return True
+        return database.write(self.engine, tx)
+
+    @staticmethod
+    def _record_duration(conn, kind: str, seconds: float, now: float) -> None:
+        row = conn.execute(sa.select(kind_stats).where(kind_stats.c.kind == kind)).first()
+        if row is None:
+            conn.execute(kind_stats.insert().values(kind=kind, avg_seconds=seconds, samples=1, updated_at=now))
+        else:
+            avg = row.avg_seconds * (1 - EWMA_WEIGHT) + seconds * EWMA_WEIGHT
+            conn.execute(kind_stats.update().where(kind_stats.c.kind == kind).values(
+                avg_seconds=avg, samples=row.samples + 1, updated_at=now))
+
+    def requeue(self, job_id: str, token: str, *, run_after: float, error_code: str | None = None,
+                error_message: str | None = None, refund_attempt: bool = False, message: str = "") -> bool:
+        """Put a running job back in the queue: a retry after a transient failure
+        (run_after in the future) or a hand-back by a worker that is shutting down
+        (refund_attempt, since the job did nothing wrong)."""
+        def tx(conn):
+            values = dict(status=QUEUED, run_token=None, lease_owner=None, lease_expires_at=None,
+                          run_after=run_after, updated_at=self.clock(), cancel_requested=False,
+                          error_code=error_code, error_message=error_message, message=message[:500])
+            if refund_attempt:
+                values["attempt"] = sa.func.max(jobs.c.attempt - 1, 0) if conn.dialect.name == "sqlite" \
+                    else sa.func.greatest(jobs.c.attempt - 1, 0)
+            res = conn.execute(jobs.update().where(
+                jobs.c.id == job_id, jobs.c.run_token == token, jobs.c.status == RUNNING).values(**values))
+            return res.rowcount == 1
+        return database.write(self.engine, tx)
+
+    def sweep(self) -> tuple[list[str], list[dict]]:
+        """Recover jobs whose lease expired (their worker died or hung).
+
+        Returns (requeued ids, abandoned jobs); abandoned ones used up max_attempts and fail
+        with ABANDONED so a job that kills its worker cannot loop forever."""
+        def tx(conn):
+            pg_lock(conn, CLAIM_LOCK)
+            now = self.clock()
+            expired = conn.execute(sa.select(jobs).where(
+                jobs.c.status == RUNNING, jobs.c.lease_expires_at < now)).all()
+            requeued, abandoned = [], []
+            for job in expired:
+                base = jobs.update().where(jobs.c.id == job.id, jobs.c.run_token == job.run_token,
+                                           jobs.c.status == RUNNING)
+                if job.attempt < job.max_attempts:
+                    conn.execute(base.values(status=QUEUED, run_token=None, lease_owner=None,
+                                             lease_expires_at=None, run_after=now, updated_at=now,
+                                             message=f"requeued: worker {job.lease_owner} stopped responding"))
+                    requeued.append(job.id)
+                else:
+                    conn.execute(base.values(status=JobStatus.FAILED.value, run_token=None, lease_owner=None,
+                                             lease_expires_at=None, finished_at=now, updated_at=now,
+                                             error_code="ABANDONED",
+                                             error_message=f"Worker lost {job.attempt} times; giving up."))
+                    abandoned.append(as_dict(job))
+            return requeued, abandoned
+        return database.write(self.engine, tx)

@@ -1,0 +1,96 @@
+"""Engine creation and transactions that survive SQLite lock contention.
+
+Why BEGIN IMMEDIATE: a deferred SQLite transaction that reads and then writes must upgrade
+its lock, and an upgrade that collides with another writer fails at once with "database is
+locked" — busy_timeout does not help there. Taking the write lock up front makes every write
+transaction wait its turn instead, which is what makes read-check-write (claims, limits,
+idempotency) atomic across gunicorn workers.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
+
+log = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+WRITE_RETRIES = 8
+
+
+def make_engine(url: str, pool_size: int = 5) -> sa.Engine:
+    """Create an engine for ``url`` with the settings ilgun relies on."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(
+            url,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            pool_size=pool_size + 5,
+            max_overflow=20,
+            pool_pre_ping=False,
+        )
+        _configure_sqlite(engine)
+        return engine
+    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True)
+
+
+def _configure_sqlite(engine: sa.Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        # Hand transaction control to SQLAlchemy's begin event below (pysqlite would
+        # otherwise issue a deferred BEGIN of its own).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        if conn.get_execution_options().get("ilgun_write"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+def is_sqlite(engine: sa.Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def _is_lock_error(exc: OperationalError) -> bool:
+    text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
+    return "locked" in text or "busy" in text or "deadlock" in text or "could not serialize" in text
+
+
+@contextlib.contextmanager
+def read(engine: sa.Engine):
+    with engine.connect() as conn:
+        with conn.begin():
+            yield conn
+
+
+def write(engine: sa.Engine, fn, *args, **kwargs):
+    """Run ``fn(conn, *args, **kwargs)`` in one write transaction, retrying lock errors.
+
+    ``fn`` must be safe to re-run from the start: it sees a fresh transaction each time.
+    """
+    delay = 0.01
+    for attempt in range(WRITE_RETRIES):
+        try:
+            with engine.connect() as conn:
+                conn = conn.execution_options(ilgun_write=True)
+                with conn.begin():
+                    return fn(conn, *args, **kwargs)
+        except OperationalError as exc:
+            if not _is_lock_error(exc) or attempt == WRITE_RETRIES - 1:
+                raise
+            log.warning("database busy, retrying write (%s)", exc.orig)
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 0.5)
+    raise AssertionError("unreachable")

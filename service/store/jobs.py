@@ -1,0 +1,233 @@
+"""The submit/read/cancel side of the job store (the execution side is in claims.py).
+
+Every read or write is scoped by ``owner_id`` unless the caller passes None (admin), so a
+job id that belongs to someone else looks exactly like one that does not exist.
+"""
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from service.engine.status import JobStatus, can_transition
+from service.errors import ConcurrencyLimit, InvalidState, NotFound, QueueFull, ServiceBusy
+from service.store import database
+from service.store.schema import job_files, jobs
+
+QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
+ACTIVE = (QUEUED, RUNNING)
+
+
+@dataclass(frozen=True)
+class KindPolicy:
+    """What the store needs to know about a kind to admit and claim its jobs."""
+    name: str
+    per_user_limit: int | None = None
+    over_limit: str = "queue"          # "queue" or "refuse"
+    global_limit: int | None = None
+    max_attempts: int = 3
+    timeout_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class QueueBounds:
+    per_user: int
+    total: int
+    retry_after: int = 5
+
+
+def pg_lock(conn, key: int) -> None:
+    """Serialise a critical section across hosts on PostgreSQL (SQLite's BEGIN IMMEDIATE already does)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+
+SUBMIT_LOCK_BASE = 7_000_000
+CLAIM_LOCK = 6_999_999
+
+
+def as_dict(row) -> dict | None:
+    return dict(row._mapping) if row is not None else None
+
+
+class JobStore:
+    def __init__(self, engine: sa.Engine, clock=time.time):
+        self.engine = engine
+        self.clock = clock
+
+    # -- submit ---------------------------------------------------------------------------
+    def submit(self, owner_id: int, policy: KindPolicy, params: dict, bounds: QueueBounds, *,
+               idempotency_key: str | None = None, priority: int = 0) -> tuple[dict, bool]:
+        """Insert a queued job; returns (job, created). Limits are checked in the same
+        write transaction as the insert, so racing submissions on other workers cannot
+        both slip under a bound."""
+        def tx(conn):
+            pg_lock(conn, SUBMIT_LOCK_BASE + owner_id)
+            if idempotency_key:
+                existing = conn.execute(sa.select(jobs).where(
+                    jobs.c.owner_id == owner_id, jobs.c.idempotency_key == idempotency_key)).first()
+                if existing is not None:
+                    return as_dict(existing), False
+            self._check_admission(conn, owner_id, policy, bounds)
+            now = self.clock()
+            row = dict(id=str(uuid.uuid4()), owner_id=owner_id, kind=policy.name, params=params,
+                       status=QUEUED, priority=priority, progress=0.0, message=None, attempt=0,
+                       max_attempts=policy.max_attempts, run_after=now, cancel_requested=False,
+                       timeout_seconds=policy.timeout_seconds, idempotency_key=idempotency_key,
+                       created_at=now, updated_at=now)
+            conn.execute(jobs.insert().values(**row))
+            return as_dict(conn.execute(sa.select(jobs).where(jobs.c.id == row["id"])).first()), True
+        return database.write(self.engine, tx)
+
+    def _check_admission(self, conn, owner_id: int, policy: KindPolicy, bounds: QueueBounds) -> None:
+        if policy.over_limit == "refuse" and policy.per_user_limit is not None:
+            # one count per status so each is a search of its partial index
+            active = sum(conn.execute(sa.select(sa.func.count()).select_from(jobs).where(
+                jobs.c.status == status, jobs.c.owner_id == owner_id, jobs.c.kind == policy.name)).scalar_one()
+                for status in ACTIVE)
+            if active >= policy.per_user_limit:
+                raise ConcurrencyLimit(
+                    f"A {policy.name} job of yours is already active; only {policy.per_user_limit} "
+                    f"at a time is allowed. Wait for it to finish or cancel it.",
+                    details={"kind": policy.name, "limit": policy.per_user_limit, "active": active})
+        mine = conn.execute(sa.select(sa.func.count()).select_from(jobs).where(
+            jobs.c.status == QUEUED, jobs.c.owner_id == owner_id)).scalar_one()
+        if mine >= bounds.per_user:
+            raise QueueFull(details={"queued": mine, "limit": bounds.per_user}, retry_after=bounds.retry_after)
+        total = conn.execute(sa.select(sa.func.count()).select_from(jobs).where(
+            jobs.c.status == QUEUED)).scalar_one()
+        if total >= bounds.total:
+            raise ServiceBusy(details={"queued": total, "limit": bounds.total}, retry_after=bounds.retry_after)
+
+    # -- reads ----------------------------------------------------------------------------
+    def get(self, job_id: str, owner_id: int | None) -> dict:
+        cond = [jobs.c.id == str(job_id)]
+        if owner_id is not None:
+            cond.append(jobs.c.owner_id == owner_id)
+        with database.read(self.engine) as conn:
+            row = conn.execute(sa.select(jobs).where(*cond)).first()
+        if row is None:
+            raise NotFound("No such job.", code="JOB_NOT_FOUND")
+        return as_dict(row)
+
+    def list(self, owner_id: int | None, *, status: str | None = None, kind: str | None = None,
+             page: int = 1, page_size: int = 20) -> tuple[list[dict], int]:
+        cond = []
+        if owner_id is not None:
+            cond.append(jobs.c.owner_id == owner_id)
+        if status:
+            cond.append(jobs.c.status == status)
+        if kind:
+            cond.append(jobs.c.kind == kind)
+        with database.read(self.engine) as conn:
+            total = conn.execute(sa.select(sa.func.count()).select_from(jobs).where(*cond)).scalar_one()
+            rows = conn.execute(sa.select(jobs).where(*cond)
+                                .order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+                                .limit(page_size).offset((page - 1) * page_size)).all()
+        return [as_dict(r) for r in rows], total
+
+    def files(self, job_id: str) -> list[dict]:
+        with database.read(self.engine) as conn:
+            rows = conn.execute(sa.select(job_files).where(job_files.c.job_id == job_id)
+                                .order_by(job_files.c.name)).all()
+        return [as_dict(r) for r in rows]
+
+    def files_for(self, job_ids: list[str]) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = {j: [] for j in job_ids}
+        if not job_ids:
+            return out
+        with database.read(self.engine) as conn:
+            for r in conn.execute(sa.select(job_files).where(job_files.c.job_id.in_(job_ids))
+                                  .order_by(job_files.c.name)):
+                out[r.job_id].append(as_dict(r))
+        return out
+
+    # -- user actions ---------------------------------------------------------------------
+    def _locked_get(self, conn, job_id: str, owner_id: int | None) -> dict:
+        cond = [jobs.c.id == str(job_id)]
+        if owner_id is not None:
+            cond.append(jobs.c.owner_id == owner_id)
+        row = conn.execute(sa.select(jobs).where(*cond)).first()
+        if row is None:
+            raise NotFound("No such job.", code="JOB_NOT_FOUND")
+        return as_dict(row)
+
+    def request_cancel(self, job_id: str, owner_id: int | None) -> dict:
+        """Queued jobs are cancelled at once; running ones get a flag their kind checks."""
+        def tx(conn):
+            job = self._locked_get(conn, job_id, owner_id)
+            now = self.clock()
+            if job["status"] == QUEUED:
+                conn.execute(jobs.update().where(jobs.c.id == job["id"], jobs.c.status == QUEUED).values(
+                    status=JobStatus.CANCELLED.value, finished_at=now, updated_at=now,
+                    message="cancelled before it started"))
+            elif job["status"] == RUNNING:
+                conn.execute(jobs.update().where(jobs.c.id == job["id"]).values(
+                    cancel_requested=True, updated_at=now, message="cancelling"))
+            else:
+                raise InvalidState(f"The job has already {job['status']}.", details={"status": job["status"]})
+            return self._locked_get(conn, job_id, owner_id)
+        return database.write(self.engine, tx)
+
+    def retry(self, job_id: str, owner_id: int | None) -> dict:
+        def tx(conn):
+            job = self._locked_get(conn, job_id, owner_id)
+            if not can_transition(job["status"], QUEUED) or job["status"] == RUNNING:
+                raise InvalidState("Only failed or cancelled jobs can be retried.",
+                                   details={"status": job["status"]})
+            now = self.clock()
+            conn.execute(job_files.delete().where(job_files.c.job_id == job["id"]))
+            conn.execute(jobs.update().where(jobs.c.id == job["id"]).values(
+                status=QUEUED, attempt=0, progress=0.0, message="retry requested", result=None,
+                error_code=None, error_message=None, started_at=None, finished_at=None,
+                run_after=now, updated_at=now, cancel_requested=False, run_token=None,
+                lease_owner=None, lease_expires_at=None))
+            return self._locked_get(conn, job_id, owner_id)
+        return database.write(self.engine, tx)
+
+    def delete(self, job_id: str, owner_id: int | None) -> dict:
+        """Delete a job that is not running (cancel it first); the caller removes its files."""
+        def tx(conn):
+            job = self._locked_get(conn, job_id, owner_id)
+            if job["status"] == RUNNING:
+                raise InvalidState("The job is running; cancel it first.", details={"status": RUNNING})
+            conn.execute(job_files.delete().where(job_files.c.job_id == job["id"]))
+            conn.execute(jobs.delete().where(jobs.c.id == job["id"]))
+            return job
+        return database.write(self.engine, tx)
+
+    # -- statistics -----------------------------------------------------------------------
+    def counts(self, owner_id: int | None) -> dict[str, dict[str, int]]:
+        """{kind: {status: n}} for one user, or for everyone."""
+        q = sa.select(jobs.c.kind, jobs.c.status, sa.func.count()).group_by(jobs.c.kind, jobs.c.status)
+        if owner_id is not None:
+            q = q.where(jobs.c.owner_id == owner_id)
+        out: dict[str, dict[str, int]] = {}
+        with database.read(self.engine) as conn:
+            for kind, status, n in conn.execute(q):
+                out.setdefault(kind, {})[status] = n
+        return out
+
+    def queue_position(self, job: dict) -> int | None:
+        """1 for the next job to be claimed; None unless queued."""
+        if job["status"] != QUEUED:
+            return None
+        p, c = job["priority"], job["created_at"]
+        ahead = sa.or_(jobs.c.priority > p,
+                       sa.and_(jobs.c.priority == p, sa.or_(jobs.c.created_at < c,
+                               sa.and_(jobs.c.created_at == c, jobs.c.id < job["id"]))))
+        with database.read(self.engine) as conn:
+            n = conn.execute(sa.select(sa.func.count()).select_from(jobs)
+                             .where(jobs.c.status == QUEUED, ahead)).scalar_one()
+        return n + 1
+
+
+def eta_seconds(position: int | None, avg_seconds: float, slots: int, wait_until: float = 0.0) -> float | None:
+    """Jobs ahead are served ``slots`` at a time, each taking about ``avg_seconds``."""
+    if position is None:
+        return None
+    rounds = math.ceil(position / max(1, slots))
+    return round(max(wait_until, 0.0) + rounds * avg_seconds, 1)

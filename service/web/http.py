@@ -1,0 +1,70 @@
+"""Request parsing and the success envelope shared by every JSON endpoint."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import current_app, jsonify, request
+
+from service.errors import ValidationError
+
+
+def ok(data: Any = None, message: str = "OK", status: int = 200, headers=None):
+    resp = jsonify({"success": True, "message": message, "data": data})
+    resp.status_code = status
+    for k, v in (headers or {}).items():
+        resp.headers[k] = v
+    return resp
+
+
+def _depth(value, limit: int, level: int = 1) -> int:
+    if level > limit:
+        return level
+    if isinstance(value, dict):
+        return max([level] + [_depth(v, limit, level + 1) for v in value.values()])
+    if isinstance(value, list):
+        return max([level] + [_depth(v, limit, level + 1) for v in value])
+    return level
+
+
+def json_body(allow_form: bool = False) -> dict:
+    """The request's JSON object, or a 400 with a stable code. Form bodies are accepted where
+    ``allow_form`` (login from a plain HTML form or OAuth2-style clients)."""
+    if allow_form and request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        return request.form.to_dict()
+    raw = request.get_data(cache=True)
+    if len(raw) > current_app.config["MAX_JSON_BYTES"]:
+        raise ValidationError("The JSON body is too large.", code="PAYLOAD_TOO_LARGE",
+                              details={"limit": current_app.config["MAX_JSON_BYTES"]})
+    if not raw.strip():
+        raise ValidationError("A JSON body is required.", code="INVALID_JSON")
+    if request.mimetype != "application/json":
+        raise ValidationError("Send the body as application/json.", code="UNSUPPORTED_MEDIA_TYPE")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ValidationError("The body is not valid JSON.", code="INVALID_JSON",
+                              details={"error": str(exc)[:200]}) from None
+    if not isinstance(body, dict):
+        raise ValidationError("The JSON body must be an object.", code="INVALID_JSON")
+    if _depth(body, current_app.config["MAX_JSON_DEPTH"]) > current_app.config["MAX_JSON_DEPTH"]:
+        raise ValidationError("The JSON body is nested too deeply.", code="JSON_TOO_DEEP")
+    return body
+
+
+def int_arg(name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError(f"{name} must be a whole number.", details={"field": name}) from None
+    if not lo <= value <= hi:
+        raise ValidationError(f"{name} must be between {lo} and {hi}.", details={"field": name})
+    return value
+
+
+def paginated(items: list, total: int, page: int, page_size: int) -> dict:
+    return {"items": items, "page": page, "page_size": page_size, "total": total,
+            "total_pages": (total + page_size - 1) // page_size if total else 0}

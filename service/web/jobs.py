@@ -1,0 +1,99 @@
+"""/api/v1/jobs: submit, list, read, cancel, retry, delete, and the job's files."""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, request, send_file
+from flask_jwt_extended import current_user, jwt_required
+
+from service.engine.status import JobStatus
+from service.errors import ValidationError
+from service.extensions import limiter
+from service.web.http import int_arg, json_body, ok, paginated
+
+bp = Blueprint("jobs", __name__, url_prefix="/api/v1")
+
+IDEMPOTENCY_KEY_MAX = 200
+
+
+def _svc():
+    return current_app.extensions["ilgun"]
+
+
+def _submit_limit() -> str:
+    return current_app.config["RATELIMIT_SUBMIT"]
+
+
+@bp.post("/jobs")
+@jwt_required()
+@limiter.limit(_submit_limit)
+def submit():
+    body = json_body()
+    kind = body.get("kind")
+    params = body.get("params", {})
+    if not isinstance(kind, str) or not kind:
+        raise ValidationError("kind is required.", details={"field": "kind"})
+    if not isinstance(params, dict):
+        raise ValidationError("params must be an object.", details={"field": "params"})
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (0 < len(key) <= IDEMPOTENCY_KEY_MAX):
+        raise ValidationError("Idempotency-Key must be 1–200 characters.", code="INVALID_IDEMPOTENCY_KEY")
+    job, created = _svc().submit(current_user, kind, params, idempotency_key=key)
+    if created:
+        return ok(job, "Job queued.", 202, {"Location": f"/api/v1/jobs/{job['id']}"})
+    return ok(job, "Same Idempotency-Key: returning the job it created.", 200, {"Idempotent-Replayed": "true"})
+
+
+@bp.get("/jobs")
+@jwt_required()
+def list_jobs():
+    status = request.args.get("status") or None
+    kind = request.args.get("kind") or None
+    if status and status not in {s.value for s in JobStatus}:
+        raise ValidationError("Unknown status filter.", details={"statuses": [s.value for s in JobStatus]})
+    page = int_arg("page", 1, 1, 1_000_000)
+    page_size = int_arg("page_size", 20, 1, current_app.config["MAX_PAGE_SIZE"])
+    items, total = _svc().list(current_user, status=status, kind=kind, page=page, page_size=page_size)
+    return ok(paginated(items, total, page, page_size))
+
+
+@bp.get("/jobs/<job_id>")
+@jwt_required()
+def get_job(job_id):
+    return ok(_svc().get(current_user, job_id))
+
+
+@bp.post("/jobs/<job_id>/cancel")
+@jwt_required()
+def cancel(job_id):
+    job = _svc().cancel(current_user, job_id)
+    return ok(job, "Cancelled." if job["status"] == "cancelled" else "Cancelling.")
+
+
+@bp.post("/jobs/<job_id>/retry")
+@jwt_required()
+def retry(job_id):
+    return ok(_svc().retry(current_user, job_id), "Queued again.", 202)
+
+
+@bp.delete("/jobs/<job_id>")
+@jwt_required()
+def delete(job_id):
+    _svc().delete(current_user, job_id)
+    return ok(None, "Deleted.")
+
+
+@bp.get("/jobs/<job_id>/files")
+@jwt_required()
+def files(job_id):
+    return ok(_svc().files(current_user, job_id))
+
+
+@bp.get("/jobs/<job_id>/files/<path:name>")
+@jwt_required()
+def download_file(job_id, name):
+    path, meta = _svc().file_path(current_user, job_id, name)
+    # send_file with conditional=True answers Range (206/416), If-None-Match and
+    # If-Modified-Since (304) and streams the file from disk.
+    resp = send_file(path, mimetype=meta["content_type"], as_attachment=True, download_name=meta["name"],
+                     conditional=True, etag=meta["sha256"] or True, max_age=0)
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    return resp

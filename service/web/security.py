@@ -1,0 +1,55 @@
+"""JWT wiring: who the token's user is, whether it was revoked, and JSON answers for token errors."""
+from __future__ import annotations
+
+from flask import current_app
+
+from service.extensions import jwt
+from service.web.errors import error_response
+
+
+def _users():
+    return current_app.extensions["ilgun"].users
+
+
+def init_app(app) -> None:
+    @jwt.user_identity_loader
+    def _identity(user):
+        return str(user["id"] if isinstance(user, dict) else user)
+
+    @jwt.user_lookup_loader
+    def _lookup(_header, payload):
+        user = _users().get(int(payload["sub"]))
+        return user if user and user["is_active"] else None
+
+    @jwt.token_in_blocklist_loader
+    def _revoked(_header, payload) -> bool:
+        return _users().is_revoked(payload["jti"])
+
+    @jwt.expired_token_loader
+    def _expired(_header, _payload):
+        return error_response(401, "TOKEN_EXPIRED", "The token has expired; refresh it or sign in again.")
+
+    @jwt.invalid_token_loader
+    def _invalid(reason):
+        return error_response(401, "TOKEN_INVALID", "The token is not valid.", {"reason": reason})
+
+    @jwt.unauthorized_loader
+    def _missing(reason):
+        return error_response(401, "AUTH_REQUIRED", "Sign in first: send an Authorization: Bearer token.",
+                              {"reason": reason})
+
+    @jwt.revoked_token_loader
+    def _revoked_answer(_header, _payload):
+        return error_response(401, "TOKEN_REVOKED", "The token was revoked; sign in again.")
+
+    @jwt.user_lookup_error_loader
+    def _no_user(_header, _payload):
+        return error_response(401, "USER_NOT_FOUND", "The token's user no longer exists or is disabled.")
+
+    @jwt.needs_fresh_token_loader
+    def _not_fresh(_header, _payload):
+        return error_response(401, "FRESH_TOKEN_REQUIRED", "Sign in again to do this.")
+
+    @jwt.token_verification_failed_loader
+    def _failed(_header, _payload):
+        return error_response(401, "TOKEN_INVALID", "The token was refused.")

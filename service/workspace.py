@@ -1,0 +1,121 @@
+"""Per-user workspaces on disk. No path handed in by a user ever escapes its workspace.
+
+Layout under FILES_ROOT:
+    users/<owner_id>/jobs/<job_id>/out/   finished output files, listed by the API
+    users/<owner_id>/jobs/<job_id>/tmp/   partial files of the running attempt
+    locks/<job_id>.lock                   filelock held by the execution that owns the job dir
+
+The lock lives outside the job folder so that removing the folder never removes a lock
+someone holds. The OS drops a flock when its process dies, so a killed worker never leaves a
+job folder locked.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import unicodedata
+import uuid
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from service.errors import PathNotAllowed
+
+MAX_NAME_LENGTH = 200
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+
+
+def safe_filename(name: str, default: str | None = None) -> str:
+    """A plain file name: no directories, no control characters, no leading dots.
+
+    Raises PathNotAllowed when nothing usable is left and no default is given."""
+    name = unicodedata.normalize("NFC", str(name or ""))
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = _UNSAFE.sub("_", name).strip().lstrip(".").strip()
+    if name.lower().split(".", 1)[0] in _RESERVED:
+        name = "_" + name
+    if len(name) > MAX_NAME_LENGTH:
+        stem, dot, ext = name.rpartition(".")
+        name = (stem[: MAX_NAME_LENGTH - len(ext) - 1] + "." + ext) if dot and len(ext) < 16 else name[:MAX_NAME_LENGTH]
+    if not name or name in {".", ".."}:
+        if default is None:
+            raise PathNotAllowed("That file name is empty or not allowed.", details={"name": str(name)})
+        return default
+    return name
+
+
+def check_plain_name(name: str) -> str:
+    """Accept a name from a URL only if it is already a plain name (no sanitising: refuse)."""
+    if not name or name != safe_filename(name, default=""):
+        raise PathNotAllowed("That file name is not allowed.", details={"name": name})
+    return name
+
+
+def safe_join(base: Path, name: str) -> Path:
+    """``base/name`` for a plain name, refusing anything that resolves outside ``base``
+    (``..``, absolute paths, and symlinks pointing elsewhere)."""
+    check_plain_name(name)
+    base_real = Path(os.path.realpath(base))
+    target = Path(os.path.realpath(base_real / name))
+    if target.parent != base_real:
+        raise PathNotAllowed("That path leaves the workspace.", details={"name": name})
+    return target
+
+
+def _check_job_id(job_id: str) -> str:
+    try:
+        return str(uuid.UUID(str(job_id)))
+    except ValueError:
+        raise PathNotAllowed("Not a job id.", details={"job_id": str(job_id)}) from None
+
+
+class Workspace:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def user_dir(self, owner_id: int) -> Path:
+        return self.root / "users" / str(int(owner_id))
+
+    def job_dir(self, owner_id: int, job_id: str) -> Path:
+        return self.user_dir(owner_id) / "jobs" / _check_job_id(job_id)
+
+    def output_dir(self, owner_id: int, job_id: str) -> Path:
+        return self.job_dir(owner_id, job_id) / "out"
+
+    def tmp_dir(self, owner_id: int, job_id: str) -> Path:
+        return self.job_dir(owner_id, job_id) / "tmp"
+
+    def output_file(self, owner_id: int, job_id: str, name: str) -> Path:
+        return safe_join(self.output_dir(owner_id, job_id), name)
+
+    def job_lock(self, job_id: str) -> FileLock:
+        lock_dir = self.root / "locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(lock_dir / f"{_check_job_id(job_id)}.lock"))
+
+    def prepare_attempt(self, owner_id: int, job_id: str) -> tuple[Path, Path]:
+        """Start an attempt from a clean folder: leftovers of a dead attempt are removed."""
+        job = self.job_dir(owner_id, job_id)
+        shutil.rmtree(job, ignore_errors=True)
+        out, tmp = job / "out", job / "tmp"
+        out.mkdir(parents=True)
+        tmp.mkdir()
+        return out, tmp
+
+    def discard_tmp(self, owner_id: int, job_id: str) -> None:
+        shutil.rmtree(self.tmp_dir(owner_id, job_id), ignore_errors=True)
+
+    def remove_job(self, owner_id: int, job_id: str, lock_timeout: float = 10.0) -> None:
+        """Delete a job's files, waiting for any execution still holding the job's lock."""
+        lock = self.job_lock(job_id)
+        try:
+            with lock.acquire(timeout=lock_timeout):
+                shutil.rmtree(self.job_dir(owner_id, job_id), ignore_errors=True)
+        except Timeout:
+            shutil.rmtree(self.job_dir(owner_id, job_id), ignore_errors=True)
+        try:
+            os.unlink(lock.lock_file)
+        except OSError:
+            pass

@@ -1,0 +1,191 @@
+"""The dispatcher running real jobs in this process, as one gunicorn worker does."""
+from __future__ import annotations
+
+import time
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from tests.conftest import sign_up
+
+
+def _job_dir(app, job):
+    return app.extensions["ilgun"].workspace.job_dir(job["owner_id"], job["id"])
+
+
+def test_cancel_running_job_stops_within_a_second_and_removes_files(app, admin, dispatcher):
+    job = admin.submit("sleep", {"duration": 30, "steps": 30, "write_file": True}).get_json()["data"]
+    admin.wait(job["id"], until=("running",))
+    deadline = time.monotonic() + 5
+    while not (_job_dir(app, job) / "out" / "sleep.txt").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    started = time.monotonic()
+    resp = admin.post(f"/api/v1/jobs/{job['id']}/cancel")
+    assert resp.status_code == 200
+    done = admin.wait(job["id"], timeout=5)
+    assert done["status"] == "cancelled"
+    assert time.monotonic() - started < 1.5
+    assert not _job_dir(app, job).exists()
+
+
+def test_cancel_queued_job_is_immediate(app_factory):
+    app = app_factory(MAX_WORKERS=1)
+    client = app.test_client()
+    admin = sign_up(app, client, "admin", role="admin")
+    from service.runtime import start_worker_runtime
+    start_worker_runtime(app)
+    blocker = admin.submit("sleep", {"duration": 30}).get_json()["data"]
+    queued = admin.submit("sleep", {"duration": 0}).get_json()["data"]
+    admin.wait(blocker["id"], until=("running",))
+    resp = admin.post(f"/api/v1/jobs/{queued['id']}/cancel").get_json()
+    assert resp["data"]["status"] == "cancelled"
+    again = admin.post(f"/api/v1/jobs/{queued['id']}/cancel")
+    assert again.status_code == 409 and again.get_json()["error_code"] == "INVALID_STATE"
+    admin.post(f"/api/v1/jobs/{blocker['id']}/cancel")
+
+
+def test_transient_failure_is_retried_with_backoff_then_succeeds(admin, dispatcher):
+    job = admin.submit("sleep", {"duration": 0, "fail": "transient", "succeed_on_attempt": 2}).get_json()["data"]
+    done = admin.wait(job["id"])
+    assert done["status"] == "succeeded" and done["attempt"] == 2
+
+
+def test_transient_failure_fails_after_max_attempts(admin, dispatcher):
+    job = admin.submit("sleep", {"duration": 0, "fail": "transient"}).get_json()["data"]
+    done = admin.wait(job["id"])
+    assert done["status"] == "failed" and done["attempt"] == 3
+    assert done["error"]["code"] == "SLEEP_TRANSIENT"
+
+
+def test_permanent_failure_fails_at_once(admin, dispatcher):
+    job = admin.submit("sleep", {"duration": 0, "fail": "permanent"}).get_json()["data"]
+    done = admin.wait(job["id"])
+    assert done["status"] == "failed" and done["attempt"] == 1
+    assert done["error"] == {"code": "SLEEP_FAILED", "message": "failed as asked"}
+
+
+def test_a_crashing_kind_fails_its_job_and_the_worker_goes_on(admin, dispatcher):
+    crash = admin.submit("sleep", {"duration": 0, "fail": "crash"}).get_json()["data"]
+    done = admin.wait(crash["id"])
+    assert done["status"] == "failed" and done["error"]["code"] == "INTERNAL_ERROR"
+    assert "Traceback" not in done["error"]["message"]
+    after = admin.submit("sleep", {"duration": 0}).get_json()["data"]
+    assert admin.wait(after["id"])["status"] == "succeeded"
+
+
+def test_kind_timeout(app_factory):
+    app = app_factory(KIND_LIMITS={"sleep": {"timeout": 0.5}})
+    client = app.test_client()
+    admin = sign_up(app, client, "admin", role="admin")
+    from service.runtime import start_worker_runtime
+    start_worker_runtime(app)
+    job = admin.submit("sleep", {"duration": 20, "steps": 20}).get_json()["data"]
+    done = admin.wait(job["id"], timeout=5)
+    assert done["status"] == "failed" and done["error"]["code"] == "TIMEOUT"
+
+
+def test_progress_writes_are_throttled(app, admin, dispatcher):
+    engine = app.extensions["ilgun"].engine
+    writes = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def count(conn, cursor, statement, params, context, executemany):
+        if statement.startswith("UPDATE jobs SET progress"):
+            writes.append(time.monotonic())
+
+    job = admin.submit("sleep", {"duration": 1.0, "steps": 500}).get_json()["data"]
+    assert admin.wait(job["id"])["status"] == "succeeded"
+    event.remove(engine, "before_cursor_execute", count)
+    assert 2 <= len(writes) <= 8, len(writes)  # 500 reports over ~1 s, at most ~4 writes/s
+
+
+def test_progress_is_visible_while_running(admin, dispatcher):
+    job = admin.submit("sleep", {"duration": 2, "steps": 4}).get_json()["data"]
+    seen = set()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        j = admin.get(f"/api/v1/jobs/{job['id']}").get_json()["data"]
+        seen.add(j["progress"])
+        if j["status"] == "succeeded":
+            break
+        time.sleep(0.05)
+    assert {25.0, 50.0, 75.0} & seen, seen
+    assert j["progress"] == 100
+
+
+def test_local_submit_starts_without_waiting_for_a_poll_tick(app_factory):
+    app = app_factory(POLL_INTERVAL=10.0)
+    client = app.test_client()
+    admin = sign_up(app, client, "admin", role="admin")
+    from service.runtime import start_worker_runtime
+    start_worker_runtime(app)
+    time.sleep(0.3)  # the claim loop is now asleep on its 10 s poll
+    job = admin.submit("sleep", {"duration": 0}).get_json()["data"]
+    done = admin.wait(job["id"], timeout=3)
+    assert done["status"] == "succeeded"
+
+
+def test_stop_hands_unfinished_jobs_back_and_another_worker_finishes_them(app_factory):
+    first = app_factory()
+    client = first.test_client()
+    admin = sign_up(first, client, "admin", role="admin")
+    from service.runtime import start_worker_runtime, stop_worker_runtime
+    start_worker_runtime(first)
+    job = admin.submit("sleep", {"duration": 1.5, "steps": 3}).get_json()["data"]
+    admin.wait(job["id"], until=("running",))
+    handed_back = stop_worker_runtime(first, timeout=0.2)
+    assert handed_back == [job["id"]]
+    back = admin.get(f"/api/v1/jobs/{job['id']}").get_json()["data"]
+    assert back["status"] == "queued" and back["attempt"] == 0
+    second = app_factory()  # another worker on the same database
+    start_worker_runtime(second)
+    done = admin.wait(job["id"], timeout=10)
+    assert done["status"] == "succeeded" and done["attempt"] == 1
+
+
+def test_queued_jobs_have_position_and_eta(app_factory):
+    app = app_factory(MAX_WORKERS=1)
+    client = app.test_client()
+    admin = sign_up(app, client, "admin", role="admin")
+    from service.runtime import start_worker_runtime
+    start_worker_runtime(app)
+    first = admin.submit("sleep", {"duration": 30}).get_json()["data"]
+    admin.wait(first["id"], until=("running",))
+    waiting = [admin.submit("sleep", {"duration": 0}).get_json()["data"] for _ in range(3)]
+    views = [admin.get(f"/api/v1/jobs/{j['id']}").get_json()["data"] for j in waiting]
+    assert [v["position"] for v in views] == [1, 2, 3]
+    etas = [v["eta_seconds"] for v in views]
+    assert all(e is not None and e > 0 for e in etas) and etas == sorted(etas) and etas[0] < etas[2]
+    running = admin.get(f"/api/v1/jobs/{first['id']}").get_json()["data"]
+    assert running["position"] is None
+    for j in [first, *waiting]:
+        admin.post(f"/api/v1/jobs/{j['id']}/cancel")
+
+
+def test_per_user_limit_queues_the_second_job(app_factory):
+    app = app_factory(KIND_LIMITS={"sleep": {"per_user": 1}}, MAX_WORKERS=2)
+    client = app.test_client()
+    admin = sign_up(app, client, "admin", role="admin")
+    from service.runtime import start_worker_runtime
+    start_worker_runtime(app)
+    a = admin.submit("sleep", {"duration": 0.6}).get_json()["data"]
+    b = admin.submit("sleep", {"duration": 0.6}).get_json()["data"]
+    da, db = admin.wait(a["id"]), admin.wait(b["id"])
+    assert da["status"] == db["status"] == "succeeded"
+    assert db["started_at"] >= da["finished_at"]
+
+
+def test_startup_sweep_recovers_jobs_of_a_dead_worker(app, admin):
+    """A job left running by a process that died: the next dispatcher recovers it at start."""
+    svc = app.extensions["ilgun"]
+    job = admin.submit("sleep", {"duration": 0}).get_json()["data"]
+    from service.store.claims import ClaimStore
+    from service.engine.dispatcher import policy_for
+    policies = {"sleep": policy_for(svc.kinds["sleep"], app.config)}
+    ClaimStore(svc.engine).claim("dead-worker", 1, policies, lease_seconds=0.01)
+    time.sleep(0.05)
+    from service.runtime import start_worker_runtime
+    start_worker_runtime(app)
+    done = admin.wait(job["id"], timeout=5)
+    assert done["status"] == "succeeded" and done["attempt"] == 2
