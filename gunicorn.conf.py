@@ -101,8 +101,26 @@ def post_worker_init(worker):
         return
     # Errors raised by the runtime itself propagate: a worker whose engine failed to start
     # should fail to boot loudly rather than serve without running jobs.
-    start_worker_runtime(worker.wsgi, label=f"gunicorn-{worker.pid}")
+    dispatcher = start_worker_runtime(worker.wsgi, label=f"gunicorn-{worker.pid}")
     worker.ilgun_runtime_started = True
+    _stop_claiming_on_sigterm(dispatcher)
+
+
+def _stop_claiming_on_sigterm(dispatcher):
+    """A leaving worker must stop claiming at once, but gthread first drains its open
+    connections (up to graceful_timeout) before worker_exit runs. Chain a SIGTERM handler in
+    front of gunicorn's own (installed by init_signals before this hook) so claiming stops on
+    the signal itself; running jobs keep going until worker_exit hands them back."""
+    import signal
+
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        dispatcher.stop_claiming()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def worker_exit(server, worker):

@@ -117,6 +117,27 @@ def tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def group_cpu_seconds(proc: subprocess.Popen) -> float:
+    """User+system CPU seconds used so far by the live processes in ``proc``'s process group
+    (gunicorn's master and workers, say), read from /proc; 0.0 where /proc is missing."""
+    try:
+        pgid = os.getpgid(proc.pid)
+    except ProcessLookupError:
+        return 0.0
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid:            # field 5, pgrp (fields[0] is field 3, state)
+            total += int(fields[11]) + int(fields[12])   # fields 14 and 15, utime and stime
+    return total / _CLOCK_TICKS
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -222,6 +243,26 @@ class SubmitThreads:
 
 # --- results ---------------------------------------------------------------------------------
 
+class CpuMeter:
+    """CPU seconds spent between start and ``read()``: by the worker process groups, by this
+    process (the submitting client threads and the progress polling) and by Redis if given."""
+
+    def __init__(self, workers: list[subprocess.Popen], redis_conn=None):
+        self.workers, self.redis = workers, redis_conn
+        self.start = self._now()
+
+    def _now(self) -> dict[str, float]:
+        values = {"workers": sum(group_cpu_seconds(p) for p in self.workers), "client": time.process_time()}
+        if self.redis is not None:
+            info = self.redis.info("cpu")
+            values["redis"] = info["used_cpu_sys"] + info["used_cpu_user"]
+        return values
+
+    def read(self) -> dict[str, float]:
+        now = self._now()
+        return {k: now[k] - self.start[k] for k in now}
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """Nearest-rank percentile (q in 0..100); None for no values."""
     if not values:
@@ -243,7 +284,8 @@ def utc_epoch(value: str | datetime | None) -> float | None:
 
 def summarize(system: str, *, requested: int, first_submit: float, last_submit: float | None,
               finished_at: list[float], latencies: list[float], failed: int = 0,
-              submit_errors: list[str] = (), notes: dict | None = None) -> dict:
+              submit_errors: list[str] = (), cpu_seconds: dict | None = None,
+              notes: dict | None = None) -> dict:
     """One system's row: jobs/s over first submit -> last finish, and start latencies in ms."""
     done = len(finished_at)
     elapsed = (max(finished_at) - first_submit) if finished_at else None
@@ -259,6 +301,10 @@ def summarize(system: str, *, requested: int, first_submit: float, last_submit: 
             "p50": _ms(percentile(latencies, 50)), "p90": _ms(percentile(latencies, 90)),
             "p99": _ms(percentile(latencies, 99)), "max": _ms(max(latencies) if latencies else None),
         },
+        "cpu_s": {k: round(v, 2) for k, v in (cpu_seconds or {}).items()},
+        "worker_cpu_ms_per_job": round(1000 * cpu_seconds["workers"] / done, 2)
+        if cpu_seconds and done and cpu_seconds.get("workers") else None,
+        "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
         "notes": notes or {},
     }
 

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from bench_support import REPO_ROOT, SubmitThreads
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         job, _created = svc.submit(viewer, "sleep", NOOP_PARAMS)
         return job["id"]
 
+    cpu_before = time.process_time()
     submitters = SubmitThreads(args.jobs, args.clients, submit_one).start()
     try:
         submitters.join(timeout=args.timeout)
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         ids = [i for i in submitters.results if i]
         args.out.write_text(json.dumps({
             "first_submit_at": submitters.first_submit_at, "last_submit_at": submitters.last_submit_at,
-            "ids": ids, "errors": submitters.errors}))
+            "ids": ids, "errors": submitters.errors, "cpu_s": time.process_time() - cpu_before}))
         svc.engine.dispose()
     print(f"submitted {len(ids)} jobs, {len(submitters.errors)} errors", flush=True)
     return 0

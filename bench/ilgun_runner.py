@@ -20,7 +20,7 @@ from pathlib import Path
 
 import requests
 
-from bench_support import (BENCH_DIR, REPO_ROOT, BenchError, SubmitThreads, free_port, run_command,
+from bench_support import (BENCH_DIR, REPO_ROOT, BenchError, CpuMeter, SubmitThreads, free_port, run_command,
                            start_process, stop_process, summarize, tail, utc_epoch, venv_tool, wait_for)
 
 NOOP_JOB = {"kind": "sleep", "params": {"duration": 0, "steps": 1}}
@@ -46,11 +46,12 @@ class IlgunServer:
 
     def __init__(self, opts: IlgunOptions, label: str):
         self.opts, self.label = opts, label
-        self.data_dir = Path(tempfile.mkdtemp(prefix=f"ilgun-bench-{label}-"))
+        file_label = re.sub(r"[^\w.-]+", "_", label)
+        self.data_dir = Path(tempfile.mkdtemp(prefix=f"ilgun-bench-{file_label}-"))
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = opts.log_dir / f"{label}-gunicorn.log"
-        self.setup_log = opts.log_dir / f"{label}-setup.log"
+        self.log_path = opts.log_dir / f"{file_label}-gunicorn.log"
+        self.setup_log = opts.log_dir / f"{file_label}-setup.log"
         self.proc = None
         self.token = None
         self._local = threading.local()
@@ -191,7 +192,7 @@ def _wait_until_finished(server: IlgunServer, label: str, baseline: dict[str, in
 
 
 def _result(server: IlgunServer, system: str, ids: list[str], first_submit: float, last_submit: float,
-            submit_errors: list[str], extra_notes: dict) -> dict:
+            submit_errors: list[str], cpu: dict, extra_notes: dict) -> dict:
     records = server.records(set(ids))
     ok = [r for r in records if r["status"] == "succeeded"]
     latencies = [utc_epoch(r["started_at"]) - utc_epoch(r["created_at"]) for r in ok]
@@ -204,7 +205,8 @@ def _result(server: IlgunServer, system: str, ids: list[str], first_submit: floa
              **extra_notes, **server.log_findings()}
     return summarize(system, requested=server.opts.jobs, first_submit=first_submit, last_submit=last_submit,
                      finished_at=[utc_epoch(r["finished_at"]) for r in ok], latencies=latencies,
-                     failed=len(records) - len(ok), submit_errors=submit_errors, notes=notes)
+                     failed=len(records) - len(ok), submit_errors=submit_errors, cpu_seconds=cpu,
+                     notes=notes)
 
 
 def run_http(opts: IlgunOptions, system: str = "ilgun-http") -> dict:
@@ -214,14 +216,16 @@ def run_http(opts: IlgunOptions, system: str = "ilgun-http") -> dict:
         server.start()
         _warm_up(server)
         baseline = server.status_counts()
+        meter = CpuMeter([server.proc])
         submitters = SubmitThreads(opts.jobs, opts.clients, server.submit_http).start()
         _wait_until_finished(server, system, baseline,
                              expected=lambda: submitters.submitted - len(submitters.errors),
                              submitting=lambda: submitters.running)
         submitters.join(timeout=5)
+        cpu = meter.read()
         ids = [i for i in submitters.results if i]
         return _result(server, system, ids, submitters.first_submit_at, submitters.last_submit_at,
-                       submitters.errors, {"submit_path": f"HTTP POST /api/v1/jobs, {opts.clients} client threads"})
+                       submitters.errors, cpu, {"submit_path": f"HTTP POST /api/v1/jobs, {opts.clients} client threads"})
     finally:
         server.stop()
 
@@ -230,16 +234,18 @@ def run_in_process(opts: IlgunOptions, system: str = "ilgun-in-process") -> dict
     """A separate Python process (bench/ilgun_direct_submit.py) calls JobService.submit on the
     same database while the gunicorn workers execute; no HTTP on the submit side."""
     server = IlgunServer(opts, system)
-    out_path = opts.log_dir / f"{system}-submitted.json"
+    out_path = server.log_path.with_name(server.log_path.name.replace("gunicorn.log", "submitted.json"))
+    submitter_log = server.log_path.with_name(server.log_path.name.replace("gunicorn.log", "submitter.log"))
     submitter = None
     try:
         server.start()
         _warm_up(server)
         baseline = server.status_counts()
+        meter = CpuMeter([server.proc])
         submitter = start_process(
             [sys.executable, str(BENCH_DIR / "ilgun_direct_submit.py"), "--jobs", str(opts.jobs),
              "--clients", str(opts.clients), "--out", str(out_path), "--timeout", str(opts.timeout)],
-            env=server.env, log_path=opts.log_dir / f"{system}-submitter.log")
+            env=server.env, log_path=submitter_log)
         sent: dict = {}
 
         def expected() -> int:
@@ -248,14 +254,16 @@ def run_in_process(opts: IlgunOptions, system: str = "ilgun-in-process") -> dict
             if not sent:
                 if submitter.returncode != 0 or not out_path.exists():
                     raise BenchError(f"the in-process submitter exited {submitter.returncode}:\n"
-                                     f"{tail(opts.log_dir / f'{system}-submitter.log')}")
+                                     f"{tail(submitter_log)}")
                 sent.update(json.loads(out_path.read_text()))
             return len(sent["ids"])
         _wait_until_finished(server, system, baseline, expected=expected,
                              submitting=lambda: submitter.poll() is None)
         expected()  # loads what the submitter wrote
+        cpu = meter.read()
+        cpu["client"] = sent["cpu_s"]  # the submitting process, not this one (which only polled)
         return _result(server, system, sent["ids"], sent["first_submit_at"], sent["last_submit_at"], sent["errors"],
-                       {"submit_path": f"JobService.submit from a separate process, {opts.clients} threads"})
+                       cpu, {"submit_path": f"JobService.submit from a separate process, {opts.clients} threads"})
     finally:
         if submitter is not None:
             stop_process(submitter, grace=5.0)

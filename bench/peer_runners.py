@@ -15,7 +15,7 @@ from pathlib import Path
 import redis
 
 import noop_tasks
-from bench_support import (BENCH_DIR, BenchError, SubmitThreads, start_process, stop_process, summarize,
+from bench_support import (BENCH_DIR, BenchError, CpuMeter, SubmitThreads, start_process, stop_process, summarize,
                            tail, utc_epoch, venv_tool, wait_for)
 
 
@@ -72,6 +72,7 @@ def run_rq(opts: PeerOptions, env: dict[str, str], system: str = "rq") -> dict:
                  timeout=60)
         baseline = finished()
 
+        meter = CpuMeter(workers, conn)
         submitters = SubmitThreads(opts.jobs, opts.clients, lambda _i: queue.enqueue(noop_tasks.noop).id).start()
 
         def progress():
@@ -81,6 +82,7 @@ def run_rq(opts: PeerOptions, env: dict[str, str], system: str = "rq") -> dict:
             return (not submitters.running and done >= want), text
         wait_for(progress, label=system, timeout=opts.timeout * 2, interval=0.5)
         submitters.join(timeout=5)
+        cpu = meter.read()
 
         ids = [i for i in submitters.results if i]
         jobs = []
@@ -91,7 +93,7 @@ def run_rq(opts: PeerOptions, env: dict[str, str], system: str = "rq") -> dict:
             system, requested=opts.jobs, first_submit=submitters.first_submit_at,
             last_submit=submitters.last_submit_at, finished_at=[utc_epoch(j.ended_at) for j in ok],
             latencies=[utc_epoch(j.started_at) - utc_epoch(j.enqueued_at) for j in ok],
-            failed=len(ids) - len(ok), submit_errors=submitters.errors,
+            failed=len(ids) - len(ok), submit_errors=submitters.errors, cpu_seconds=cpu,
             notes={"workers": f"{opts.worker_processes} x rq SimpleWorker processes",
                    "latency_from": "job.enqueued_at -> job.started_at", "redis": noop_tasks.RQ_REDIS_URL})
     finally:
@@ -136,6 +138,7 @@ def run_celery(opts: PeerOptions, env: dict[str, str], system: str = "celery") -
         wait_for(warmed_up, label=f"{system}: waiting for the worker", timeout=70)
 
         submitted_at: list[float] = [0.0] * opts.jobs
+        meter = CpuMeter([worker], conn)
 
         def submit_one(i: int) -> str:
             submitted_at[i] = time.time()
@@ -150,6 +153,7 @@ def run_celery(opts: PeerOptions, env: dict[str, str], system: str = "celery") -
             return (not submitters.running and done >= want), text
         wait_for(progress, label=system, timeout=opts.timeout * 2, interval=0.5)
         submitters.join(timeout=5)
+        cpu = meter.read()
 
         sent = [(i, submitted_at[n]) for n, i in enumerate(submitters.results) if i]
         metas = _task_metas(conn, [i for i, _ in sent])
@@ -158,7 +162,7 @@ def run_celery(opts: PeerOptions, env: dict[str, str], system: str = "celery") -
             system, requested=opts.jobs, first_submit=submitters.first_submit_at,
             last_submit=submitters.last_submit_at, finished_at=[utc_epoch(m["date_done"]) for m, _ in ok],
             latencies=[m["result"] - at for m, at in ok], failed=len(sent) - len(ok),
-            submit_errors=submitters.errors,
+            submit_errors=submitters.errors, cpu_seconds=cpu,
             notes={"workers": f"1 celery worker, threads pool, concurrency {opts.concurrency}",
                    "latency_from": "time.time() before apply_async -> time.time() at task start",
                    "finished_from": "result meta date_done", "redis": noop_tasks.CELERY_REDIS_URL})

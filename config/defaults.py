@@ -26,7 +26,9 @@ SWEEP_INTERVAL = 5.0               # how often expired leases are looked for
 MAX_QUEUED_PER_USER = 200          # over this: 429 QUEUE_FULL with Retry-After
 MAX_QUEUED_TOTAL = 20000           # over this: 503 SERVICE_BUSY with Retry-After
 QUEUE_RETRY_AFTER = 5              # seconds, sent in Retry-After
-KIND_LIMITS = {}                   # {"kind": {"per_user": n, "global": n, "timeout": s}}, JSON in the environment
+# Per-kind overrides, JSON in the environment: {"kind": {"per_user": n, "global": n,
+# "timeout": seconds, "over_limit": "queue" | "refuse"}}
+KIND_LIMITS = {}
 SLEEP_KIND_FOR_EVERYONE = False    # the sleep kind is admin-only unless this is set
 SHUTDOWN_GRACE = 25.0              # seconds running jobs get to finish when a worker leaves
 START_DISPATCHER = False           # start a dispatcher in create_app (gunicorn's hooks do it otherwise)

@@ -38,7 +38,7 @@ MAX_BACKOFF = 300.0
 
 def policy_for(kind: JobKind, config: Mapping[str, Any]) -> KindPolicy:
     per_user, global_limit = kind.limits_for(config)
-    return KindPolicy(kind.name, per_user, kind.over_limit, global_limit, kind.max_attempts,
+    return KindPolicy(kind.name, per_user, kind.over_limit_for(config), global_limit, kind.max_attempts,
                       kind.timeout_for(config))
 
 
@@ -80,6 +80,10 @@ class Dispatcher:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def stop_claiming(self) -> None:
+        """Claim nothing more (safe to call from a signal handler: only sets a flag)."""
+        self._accepting = False
 
     def stop(self, timeout: float = 25.0) -> list[str]:
         """Stop claiming, let running jobs finish for up to ``timeout`` seconds, then hand

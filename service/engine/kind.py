@@ -77,3 +77,9 @@ class JobKind:
 
     def timeout_for(self, config: Mapping[str, Any]) -> float:
         return float(self._override(config).get("timeout", self.timeout_seconds))
+
+    def over_limit_for(self, config: Mapping[str, Any]) -> str:
+        mode = self._override(config).get("over_limit", self.over_limit)
+        if mode not in ("queue", "refuse"):
+            raise ValueError(f"KIND_LIMITS[{self.name!r}].over_limit must be 'queue' or 'refuse'")
+        return mode

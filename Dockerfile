@@ -1,0 +1,26 @@
+# ilgun: multi-stage build, slim runtime, non-root user, data on a volume.
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /app
+COPY requirements.txt .
+RUN python -m venv /venv && /venv/bin/pip install -r requirements.txt
+
+FROM python:3.11-slim
+ENV PATH=/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    ILGUN_DATA=/data \
+    HOST=0.0.0.0 \
+    PORT=8000
+RUN useradd --system --uid 10001 --home-dir /app ilgun && mkdir -p /data && chown ilgun /data
+COPY --from=build /venv /venv
+WORKDIR /app
+COPY --chown=ilgun config ./config
+COPY --chown=ilgun service ./service
+COPY --chown=ilgun scripts ./scripts
+COPY --chown=ilgun gunicorn.conf.py ./
+USER ilgun
+VOLUME ["/data"]
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+  CMD python -c "import urllib.request,os; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"PORT\",\"8000\")}/healthz', timeout=4)"
+ENTRYPOINT ["scripts/docker-entrypoint.sh"]

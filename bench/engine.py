@@ -1,0 +1,185 @@
+"""Engine benchmark: ilgun's job engine against RQ and Celery on this machine.
+
+N no-op jobs per system, submitted by C client threads while the workers run them:
+
+  ilgun-http        gunicorn (gthread, ILGUN_PROFILE) + SQLite WAL; jobs POSTed over HTTP
+  ilgun-in-process  the same server; a separate process calls JobService.submit (no HTTP)
+  rq                2 rq SimpleWorker processes, Redis db 15
+  celery            1 Celery worker, threads pool, concurrency 2, Redis db 14 (broker + backend)
+
+Prints one table (jobs/s from first submit to last finish, the ratio to Celery, and the
+submit -> start latency) and writes it all as JSON to bench/results/engine-<timestamp>.json.
+
+    python bench/engine.py --quick          # ~300 jobs per system
+    python bench/engine.py                  # 2000 jobs per system
+    python bench/engine.py --poll-interval default --poll-interval 0.05   # ilgun at both
+
+Only 127.0.0.1 is contacted. Every process started is stopped on exit, Ctrl-C included.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from bench_support import (BENCH_DIR, REPO_ROOT, BenchError, raise_keyboard_interrupt_on_sigterm,
+                           stop_all_processes)
+
+SYSTEMS = ("ilgun-http", "ilgun-in-process", "rq", "celery")
+QUICK_JOBS = 300
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="ilgun's job engine vs RQ and Celery (no-op jobs, local Redis).")
+    p.add_argument("--jobs", type=int, default=2000, help="jobs per system (default 2000)")
+    p.add_argument("--quick", action="store_true", help=f"{QUICK_JOBS} jobs per system (overrides --jobs)")
+    p.add_argument("--clients", type=int, default=8, help="submitting client threads (default 8)")
+    p.add_argument("--systems", default=",".join(SYSTEMS),
+                   help=f"comma-separated subset of {','.join(SYSTEMS)}")
+    p.add_argument("--poll-interval", action="append", metavar="SECONDS|default",
+                   help="ilgun POLL_INTERVAL; repeat to run ilgun at several (default: the service's, 0.5)")
+    p.add_argument("--profile", default="medium", help="ILGUN_PROFILE for gunicorn (default medium: 2 cores)")
+    p.add_argument("--database-url", default="",
+                   help="DATABASE_URL for ilgun (default: SQLite in a fresh temp dir); "
+                        "passed through as is, e.g. postgresql+psycopg://127.0.0.1/test")
+    p.add_argument("--timeout", type=float, default=300,
+                   help="seconds allowed per system for submitting, and again for finishing (default 300)")
+    p.add_argument("--out", type=Path, help="JSON results path (default bench/results/engine-<timestamp>.json)")
+    p.add_argument("--keep-data", action="store_true", help="keep ilgun's temp data dirs for inspection")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.jobs = QUICK_JOBS
+    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = set(args.systems) - set(SYSTEMS)
+    if unknown:
+        p.error(f"unknown system(s): {', '.join(sorted(unknown))}")
+    if args.jobs < 1 or args.clients < 1:
+        p.error("--jobs and --clients must be at least 1")
+    args.poll_intervals = [None if v == "default" else float(v) for v in (args.poll_interval or ["default"])]
+    return args
+
+
+def _ilgun_label(system: str, poll: float | None) -> str:
+    return system if poll is None else f"{system} poll={poll:g}s"
+
+
+def run_all(args: argparse.Namespace, log_dir: Path) -> list[dict]:
+    from ilgun_runner import IlgunOptions, run_http, run_in_process
+    from peer_runners import PeerOptions, run_celery, run_rq
+
+    rows = []
+    runners = {"ilgun-http": run_http, "ilgun-in-process": run_in_process}
+    for system in [s for s in SYSTEMS if s in args.systems]:
+        print(f"== {system}", file=sys.stderr, flush=True)
+        try:
+            if system in runners:
+                for poll in args.poll_intervals:
+                    opts = IlgunOptions(jobs=args.jobs, clients=args.clients, timeout=args.timeout,
+                                        log_dir=log_dir, profile=args.profile, poll_interval=poll,
+                                        database_url=args.database_url, keep_data=args.keep_data)
+                    rows.append(runners[system](opts, system=_ilgun_label(system, poll)))
+            else:
+                opts = PeerOptions(jobs=args.jobs, clients=args.clients, timeout=args.timeout, log_dir=log_dir)
+                rows.append((run_rq if system == "rq" else run_celery)(opts, dict(os.environ)))
+        except BenchError as exc:
+            print(f"\n{system} FAILED: {exc}", file=sys.stderr, flush=True)
+            rows.append({"system": system, "jobs": args.jobs, "error": str(exc)[:2000]})
+    celery = next((r for r in rows if r["system"] == "celery" and r.get("jobs_per_s")), None)
+    for r in rows:
+        r["ratio_vs_celery"] = (round(r["jobs_per_s"] / celery["jobs_per_s"], 3)
+                                if celery and r.get("jobs_per_s") else None)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    head = ("system", "jobs", "jobs/s", "vs Celery", "submit→start p50 ms", "p99 ms", "submits/s",
+            "worker CPU ms/job", "failed")
+    lines = []
+    for r in rows:
+        lat = r.get("start_latency_ms", {})
+        failed = (r.get("failed") or 0) + (r.get("submit_errors") or 0)
+        lines.append((r["system"], str(r["jobs"]), _fmt(r.get("jobs_per_s")),
+                      _fmt(r.get("ratio_vs_celery"), "{:.2f}x"), _fmt(lat.get("p50")), _fmt(lat.get("p99")),
+                      _fmt(r.get("submits_per_s")), _fmt(r.get("worker_cpu_ms_per_job"), "{:.2f}"),
+                      "ERROR" if r.get("error") else str(failed)))
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
+    out = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths)))]
+    out.append("  ".join("-" * w for w in widths))
+    for line in lines:
+        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
+    return "\n".join(out)
+
+
+def _fmt(value, pattern: str = "{:.1f}") -> str:
+    return "-" if value is None else pattern.format(value)
+
+
+def machine_info() -> dict:
+    def version(module: str) -> str | None:
+        try:
+            from importlib.metadata import version as v
+            return v(module)
+        except Exception:  # noqa: BLE001
+            return None
+    try:
+        redis_server = subprocess.run(["redis-cli", "-h", "127.0.0.1", "INFO", "server"], capture_output=True,
+                                      text=True, timeout=5).stdout
+        redis_version = next((l.split(":", 1)[1].strip() for l in redis_server.splitlines()
+                              if l.startswith("redis_version:")), None)
+    except (OSError, subprocess.SubprocessError):
+        redis_version = None
+    return {"cpus_usable": len(os.sched_getaffinity(0)), "loadavg_before": os.getloadavg(),
+            "python": platform.python_version(), "platform": platform.platform(),
+            "redis_server": redis_version, "rq": version("rq"), "celery": version("celery"),
+            "redis_py": version("redis"), "gunicorn": version("gunicorn"), "sqlalchemy": version("SQLAlchemy"),
+            "note": "a shared 2-core machine: compare the ratios, not the absolute numbers"}
+
+
+def reproduce_command(argv: list[str]) -> str:
+    return f"cd {shlex.quote(str(REPO_ROOT))} && .venv/bin/python bench/engine.py {shlex.join(argv)}".rstrip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    raise_keyboard_interrupt_on_sigterm()
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = args.out or BENCH_DIR / "results" / f"engine-{stamp}.json"
+    log_dir = out.with_suffix("").with_name(out.stem + "-logs")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    info = machine_info()
+    started = time.time()
+    try:
+        rows = run_all(args, log_dir)
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping everything this benchmark started", file=sys.stderr)
+        return 130
+    finally:
+        stop_all_processes()
+    command = reproduce_command(argv)
+    table = format_table(rows)
+    print()
+    print(f"ilgun engine benchmark: {args.jobs} no-op jobs per system, {args.clients} submitting threads, "
+          f"{info['cpus_usable']} usable cores (shared machine: read the ratios, not the absolutes)")
+    print(table)
+    print(f"\nreproduce: {command}")
+    result = {"started_at": datetime.fromtimestamp(started).isoformat(timespec="seconds"),
+              "duration_s": round(time.time() - started, 1), "command": command,
+              "settings": {"jobs": args.jobs, "clients": args.clients, "profile": args.profile,
+                           "poll_intervals": args.poll_intervals, "database_url": args.database_url or None},
+              "machine": info, "table": table, "results": rows, "logs": str(log_dir)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"results: {out}\nlogs:    {log_dir}")
+    return 0 if all(not r.get("error") for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Stopping and reloading gunicorn with jobs in flight: running jobs finish or are handed back,
+nothing is lost, nothing runs twice at once."""
+from __future__ import annotations
+
+import random
+import signal
+import time
+import uuid
+
+from gunicorn_harness import dump, group_members, log, overlapping, pid_alive, wait_for
+
+GRACE = 6          # GRACEFUL_TIMEOUT: the job engine waits GRACE - 3 = 3s, then hands back
+LONG = 8.0         # downloads that cannot finish within that wait
+
+
+def _submit_mix(server, slow_files, token, rnd):
+    """Two long downloads first (they will be in flight at the signal), then more 2-4s
+    downloads and sleeps than there are slots (3 workers x 2)."""
+    downloads: dict[str, str] = {}   # job id -> file server path
+    sleeps: list[str] = []
+    long_ids = []
+    for _ in range(2):
+        name = f"long-{uuid.uuid4().hex}"
+        job_id = server.submit(token, "download", {"url": slow_files.url(name, LONG)})
+        downloads[job_id] = name
+        long_ids.append(job_id)
+    for i in range(14):
+        seconds = round(rnd.uniform(2, 4), 2)
+        if i % 2:
+            name = f"mid-{uuid.uuid4().hex}"
+            downloads[server.submit(token, "download", {"url": slow_files.url(name, seconds)})] = name
+        else:
+            sleeps.append(server.submit(token, "sleep", {"duration": seconds, "steps": 8}))
+    return downloads, sleeps, long_ids
+
+
+def _check_executions(slow_files, downloads, long_ids):
+    """Per download job: executions one after the other, exactly one complete, and the long
+    ones (in flight at the signal, longer than the engine's wait) fetched exactly twice."""
+    problems = []
+    for job_id, name in downloads.items():
+        fetches = slow_files.for_path(name)
+        if overlapping(fetches):
+            problems.append(f"{job_id}: two executions at once: {[vars(f) for f in fetches]}")
+        if sum(f.complete for f in fetches) != 1:
+            problems.append(f"{job_id}: {sum(f.complete for f in fetches)} complete fetches: "
+                            f"{[vars(f) for f in fetches]}")
+        if job_id in long_ids and len(fetches) != 2:
+            problems.append(f"{job_id}: long job fetched {len(fetches)} times (expected: cut off once, "
+                            f"then run again): {[vars(f) for f in fetches]}")
+    assert not problems, "\n".join(problems)
+
+
+def _check_all_succeeded_once(final):
+    bad = {j: (v["status"], v["attempt"], v["message"]) for j, v in final.items()
+           if v["status"] != "succeeded" or v["attempt"] != 1}
+    # attempt == 1: a hand-back by a stopping worker refunds the attempt, so a job that was
+    # only ever interrupted by shutdowns ends on its first attempt.
+    assert not bad, f"not succeeded on attempt 1: {dump(bad)}"
+
+
+def test_sigterm_with_jobs_in_flight_then_restart(ilgun_factory, slow_files):
+    settings = {"GRACEFUL_TIMEOUT": str(GRACE)}
+    server = ilgun_factory(settings)
+    token = server.register("stopuser")
+    downloads, sleeps, long_ids = _submit_mix(server, slow_files, token, random.Random(3))
+    all_ids = list(downloads) + sleeps
+
+    wait_for(lambda: all(slow_files.for_path(downloads[j]) for j in long_ids), timeout=10,
+             what="both long downloads to start")
+    wait_for(lambda: sum(len(w["running"]) for w in server.stats()["workers"]) >= 5, timeout=10,
+             what="the slots to fill")
+    time.sleep(0.5)
+    pgid = server.pid
+    workers = server.worker_pids()
+    server.terminate(signal.SIGTERM)
+    t0 = time.monotonic()
+    code = server.wait_exit(timeout=GRACE + 15)
+    stopped_in = time.monotonic() - t0
+    log(f"master exited with {code} after {stopped_in:.1f}s")
+    assert code == 0, f"gunicorn exit code {code}"
+    assert stopped_in <= GRACE + 2, f"stop took {stopped_in:.1f}s"
+    wait_for(lambda: not group_members(pgid), timeout=5, what="every gunicorn process to exit")
+    assert not any(pid_alive(p) for p in workers)
+    log_text = server.log_text()
+    assert "SIGKILL" not in log_text, "a worker was killed instead of stopping within the grace period"
+
+    # A graceful stop leaves no job running under a lease that only expiry could recover:
+    # every job is finished, still queued, or handed back to the queue with its attempt refunded.
+    rows = server.db_jobs()
+    assert set(rows) == set(all_ids)
+    running = {j: (r["status"], r["lease_owner"]) for j, r in rows.items() if r["status"] == "running"}
+    assert not running, f"left running by a graceful stop: {dump(running)}"
+    for job_id in long_ids:
+        r = rows[job_id]
+        assert (r["status"], r["attempt"]) == ("queued", 0), f"long job not handed back: {dump(r)}"
+        assert "handed back" in (r["message"] or ""), dump(r)
+    statuses = sorted(r["status"] for r in rows.values())
+    log(f"after stop: {dict((s, statuses.count(s)) for s in set(statuses))}")
+
+    # Start again on the same data: everything finishes, nothing is lost.
+    again = ilgun_factory(settings, data_dir=server.data_dir, name="restarted")
+    final = again.wait_jobs(all_ids, timeout=40)
+    _check_all_succeeded_once(final)
+    time.sleep(0.5)
+    _check_executions(slow_files, downloads, long_ids)
+
+
+def test_hup_with_jobs_in_flight(ilgun_factory, slow_files):
+    server = ilgun_factory({"GRACEFUL_TIMEOUT": str(GRACE)})
+    token = server.register("hupuser")
+    downloads, sleeps, long_ids = _submit_mix(server, slow_files, token, random.Random(4))
+    all_ids = list(downloads) + sleeps
+
+    wait_for(lambda: all(slow_files.for_path(downloads[j]) for j in long_ids), timeout=10,
+             what="both long downloads to start")
+    wait_for(lambda: sum(len(w["running"]) for w in server.stats()["workers"]) >= 5, timeout=10,
+             what="the slots to fill")
+    time.sleep(0.5)
+    old = server.worker_pids()
+    assert len(old) == 3
+    server.terminate(signal.SIGHUP)
+    t0 = time.monotonic()
+    log(f"HUP sent; old workers {sorted(old)}")
+
+    # The old workers leave within the grace period, three new ones serve.
+    wait_for(lambda: not any(pid_alive(p) for p in old), timeout=GRACE + 10, what="the old workers to exit")
+    gone_in = time.monotonic() - t0
+    log(f"old workers gone after {gone_in:.1f}s")
+    assert gone_in <= GRACE + 2
+    assert server.running(), "the master survives a HUP"
+    wait_for(lambda: server.live_workers_ok(3), timeout=15, what="3 new live workers")
+    new = server.worker_pids()
+    assert not (new & old), (old, new)
+
+    final = server.wait_jobs(all_ids, timeout=40)
+    _check_all_succeeded_once(final)
+    time.sleep(0.5)
+    _check_executions(slow_files, downloads, long_ids)
+    assert "SIGKILL" not in server.log_text(), "a worker was killed instead of stopping within the grace period"
