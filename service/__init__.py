@@ -14,6 +14,8 @@ from config import load_config
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     settings = load_config(config)
     app = Flask(__name__, instance_path=settings["ILGUN_DATA"], instance_relative_config=False)
+    # Werkzeug would answer "//" in a path with an HTML redirect; the API answers JSON.
+    app.url_map.merge_slashes = False
     _apply_settings(app, settings)
     logging.basicConfig(level=app.config["LOG_LEVEL"],
                         format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")

@@ -1,4 +1,5 @@
 """Flask extensions, created unbound here and bound in create_app."""
+from flask import current_app
 from flask_jwt_extended import JWTManager
 from flask_limiter import Limiter
 from flask_migrate import Migrate
@@ -13,4 +14,6 @@ from service.web.ratelimit_keys import rate_limit_key
 db = SQLAlchemy(metadata=metadata)
 migrate = Migrate()
 jwt = JWTManager()
-limiter = Limiter(key_func=rate_limit_key)
+# The default limit is read from the current app's config at request time: Flask-Limiter
+# freezes limits given in config at the first init_app in a process.
+limiter = Limiter(key_func=rate_limit_key, default_limits=[lambda: current_app.config["RATELIMIT_DEFAULT"]])

@@ -88,7 +88,11 @@ class Workspace:
         return self.job_dir(owner_id, job_id) / "tmp"
 
     def output_file(self, owner_id: int, job_id: str, name: str) -> Path:
-        return safe_join(self.output_dir(owner_id, job_id), name)
+        out = self.output_dir(owner_id, job_id)
+        # the folder itself must resolve inside the files root too (no symlinked out/ or jobs/)
+        if not Path(os.path.realpath(out)).is_relative_to(Path(os.path.realpath(self.root))):
+            raise PathNotAllowed("That path leaves the workspace.", details={"name": name})
+        return safe_join(out, name)
 
     def job_lock(self, job_id: str) -> FileLock:
         lock_dir = self.root / "locks"

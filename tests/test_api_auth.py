@@ -10,16 +10,25 @@ AUTH = "/api/v1/auth"
 ERROR_KEYS = {"success", "error_code", "message", "details"}
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(monkeypatch):
+    """scrypt (werkzeug's default) costs ~0.2 s a hash; these tests are about the API, not the
+    hash's cost, so new passwords are hashed with a cheap pbkdf2. Verification is unchanged."""
+    from werkzeug.security import generate_password_hash
+    monkeypatch.setattr("service.store.users.generate_password_hash",
+                        lambda password: generate_password_hash(password, method="pbkdf2:sha256:1000"))
+
+
 def assert_error(resp, status: int, code: str) -> dict:
     """An error answer: the exact status and code, the error envelope, and no stack trace."""
-    body = resp.get_json()
-    assert resp.status_code == status, (resp.status_code, body)
-    assert resp.mimetype == "application/json"
+    assert b"Traceback" not in resp.data
+    body = resp.get_json(silent=True)
+    assert resp.status_code == status, (resp.status_code, body if body is not None else resp.data[:300])
+    assert resp.mimetype == "application/json", resp.data[:300]
     assert set(body) == ERROR_KEYS, body
     assert body["success"] is False
     assert body["error_code"] == code, body
     assert isinstance(body["message"], str) and body["message"]
-    assert b"Traceback" not in resp.data
     return body
 
 
@@ -64,11 +73,6 @@ def test_register_without_email_and_cannot_choose_its_role(client):
     token = tokens(client, "mallory")["access_token"]
     me = assert_ok(client.get(f"{AUTH}/me", headers=bearer(token)))
     assert me["role"] == "user"
-
-
-def test_register_accepts_a_form_body(client):
-    resp = client.post(f"{AUTH}/register", data={"username": "dave", "password": PASSWORD})
-    assert assert_ok(resp, 201)["username"] == "dave"
 
 
 @pytest.mark.parametrize("username", [
@@ -287,7 +291,8 @@ def test_logout_ignores_junk_and_other_users_refresh_tokens(app, client):
     for junk in ({"refresh_token": "garbage"}, {"refresh_token": 5}, {"refresh_token": again["access_token"]}):
         fresh = tokens(client, "alice")
         assert_ok(client.post(f"{AUTH}/logout", json=junk, headers=bearer(fresh["access_token"])))
-    assert_ok(client.get(f"{AUTH}/me", headers=bearer(again["access_token"])))  # an access token in the body is not revoked
+    # an access token passed as "refresh_token" is ignored: it stays valid until used to log out
+    assert_ok(client.get(f"{AUTH}/me", headers=bearer(again["access_token"])))
     assert_ok(client.post(f"{AUTH}/logout", data=b"{broken", content_type="application/json",
                           headers=bearer(again["access_token"])))
     assert_error(client.get(f"{AUTH}/me", headers=bearer(again["access_token"])), 401, "TOKEN_REVOKED")
@@ -307,14 +312,13 @@ def test_login_brute_force_is_limited_per_address_and_username(app_factory):
     for _ in range(5):
         assert_error(login(client, "alice", "guess-guess"), 401, "AUTH_FAILED")
     limited = login(client, "alice", "guess-guess")
-    body = assert_error(limited, 429, "RATE_LIMITED")
+    assert_error(limited, 429, "RATE_LIMITED")
     assert 0 < int(limited.headers["Retry-After"]) <= 60
     # the limit holds for the right password too, for other spellings and for form bodies
     assert_error(login(client, "alice"), 429, "RATE_LIMITED")
     assert_error(login(client, "ALICE", "guess-guess"), 429, "RATE_LIMITED")
     form = client.post(f"{AUTH}/login", data={"username": "alice", "password": "guess-guess"})
     assert_error(form, 429, "RATE_LIMITED")
-    assert body["message"]
     # another username from the same address is counted separately...
     assert_error(login(client, "bob", "guess-guess"), 401, "AUTH_FAILED")
     assert_ok(login(client, "bob"))

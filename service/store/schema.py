@@ -25,6 +25,9 @@ users = sa.Table(
     sa.Column("is_active", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("last_seen_at", sa.Float, nullable=True),
+    # AUTOINCREMENT: SQLite must never hand a deleted user's id to a new user, or the
+    # deleted user's unexpired tokens would sign in as the new one.
+    sqlite_autoincrement=True,
 )
 
 jobs = sa.Table(

@@ -44,7 +44,8 @@ def register():
     if not current_app.config["ALLOW_REGISTRATION"]:
         raise ValidationError("Registration is closed; ask an admin.", code="REGISTRATION_CLOSED")
     body = json_body(allow_form=True)
-    username = str(body.get("username", "")).strip()
+    raw_username = body.get("username")
+    username = raw_username.strip() if isinstance(raw_username, str) else ""
     password = body.get("password")
     email = body.get("email") or None
     problems = {}

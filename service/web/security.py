@@ -18,7 +18,11 @@ def init_app(app) -> None:
 
     @jwt.user_lookup_loader
     def _lookup(_header, payload):
-        user = _users().get(int(payload["sub"]))
+        try:
+            user_id = int(payload["sub"])
+        except (TypeError, ValueError):
+            return None
+        user = _users().get(user_id)
         return user if user and user["is_active"] else None
 
     @jwt.token_in_blocklist_loader

@@ -52,7 +52,8 @@ def upgrade():
     sa.Column('created_at', sa.Float(), nullable=False),
     sa.Column('last_seen_at', sa.Float(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_users')),
-    sa.UniqueConstraint('username', name=op.f('uq_users_username'))
+    sa.UniqueConstraint('username', name=op.f('uq_users_username')),
+    sqlite_autoincrement=True,
     )
     op.create_table('workers',
     sa.Column('id', sa.String(length=128), nullable=False),
