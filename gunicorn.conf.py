@@ -101,24 +101,49 @@ def post_worker_init(worker):
         return
     # Errors raised by the runtime itself propagate: a worker whose engine failed to start
     # should fail to boot loudly rather than serve without running jobs.
-    dispatcher = start_worker_runtime(worker.wsgi, label=f"gunicorn-{worker.pid}")
+    start_worker_runtime(worker.wsgi, label=f"gunicorn-{worker.pid}")
     worker.ilgun_runtime_started = True
-    _stop_claiming_on_sigterm(dispatcher)
+    _stop_engine_on_sigterm(worker)
 
 
-def _stop_claiming_on_sigterm(dispatcher):
-    """A leaving worker must stop claiming at once, but gthread first drains its open
-    connections (up to graceful_timeout) before worker_exit runs. Chain a SIGTERM handler in
-    front of gunicorn's own (installed by init_signals before this hook) so claiming stops on
-    the signal itself; running jobs keep going until worker_exit hands them back."""
+def _stop_budget(worker, server=None) -> float:
+    # server.cfg (the same object as worker.cfg in a real worker) holds the final value,
+    # including a --graceful-timeout given on the command line.
+    cfg = getattr(server, "cfg", None) or getattr(worker, "cfg", None)
+    grace = getattr(cfg, "graceful_timeout", graceful_timeout)
+    return max(1.0, grace - _RUNTIME_STOP_MARGIN_SECONDS)
+
+
+def _stop_engine_on_sigterm(worker):
+    """Start handing jobs back the moment SIGTERM arrives.
+
+    The master SIGKILLs a worker graceful_timeout after SIGTERM, but gthread first drains its
+    open connections (a slow client can hold it for all of that) and only then calls
+    worker_exit. So the engine's stop starts here, in a thread, with its budget counted from
+    the signal; worker_exit waits for that thread. gunicorn's own handler (installed by
+    init_signals before this hook) still runs after ours."""
     import signal
+    import threading
+    import time
 
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum, frame):
-        dispatcher.stop_claiming()
+        if getattr(worker, "ilgun_stopper", None) is None:
+            stop_worker_runtime = _runtime_function(worker.log, "stop_worker_runtime")
+            if stop_worker_runtime is not None:
+                budget = _stop_budget(worker)
+                worker.ilgun_stop_deadline = time.monotonic() + budget + 3
+                worker.ilgun_stopper = threading.Thread(
+                    target=stop_worker_runtime, args=(worker.wsgi,), kwargs={"timeout": budget},
+                    name="ilgun-stop", daemon=True)
+                worker.ilgun_stopper.start()
         if callable(previous):
             previous(signum, frame)
+        else:  # no handler before ours: keep the default meaning of SIGTERM
+            import os
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, on_sigterm)
 
@@ -128,14 +153,17 @@ def worker_exit(server, worker):
     # worker process that started the runtime has anything to stop.
     if not getattr(worker, "ilgun_runtime_started", False):
         return
+    stopper = getattr(worker, "ilgun_stopper", None)
+    if stopper is not None:  # SIGTERM already started the stop: wait for it, no fresh budget
+        import time
+        stopper.join(max(0.0, worker.ilgun_stop_deadline - time.monotonic()))
+        return
+    # Exits without SIGTERM (max_requests recycle): nothing is killing us, stop here.
     stop_worker_runtime = _runtime_function(server.log, "stop_worker_runtime")
     if stop_worker_runtime is None:
         return
-    # server.cfg holds the final value, including a --graceful-timeout given on the command line.
-    grace = getattr(getattr(server, "cfg", None), "graceful_timeout", graceful_timeout)
-    stop_timeout = max(1, grace - _RUNTIME_STOP_MARGIN_SECONDS)
     try:
-        stop_worker_runtime(worker.wsgi, timeout=stop_timeout)
+        stop_worker_runtime(worker.wsgi, timeout=_stop_budget(worker, server))
     except Exception:
         # The worker is exiting either way; make sure the reason is in the log.
         server.log.exception("stopping the job engine of worker %s failed", worker.pid)

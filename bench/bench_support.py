@@ -3,16 +3,18 @@ waits with a progress line, submitter threads and the summary of one system's ru
 
 Every child process is started in its own process group (and, on Linux, asked to die with
 the benchmark), registered here, and stopped by ``stop_all_processes`` — call it in a
-``finally``. Nothing here talks to anything but 127.0.0.1.
+``finally`` — which also removes the temp dirs made by ``make_temp_dir``. Nothing here talks to anything but 127.0.0.1.
 """
 from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import datetime, timezone
@@ -24,6 +26,7 @@ REPO_ROOT = BENCH_DIR.parent
 VENV_BIN = Path(sys.executable).parent   # flask, gunicorn, rq and celery come from the same venv
 
 _children: list[subprocess.Popen] = []
+_temp_dirs: list[Path] = []
 _PR_SET_PDEATHSIG = 1
 
 
@@ -99,14 +102,36 @@ def stop_process(proc: subprocess.Popen, grace: float = 15.0) -> None:
 
 
 def stop_all_processes() -> None:
+    """Stop every child still running and remove every temp dir still registered."""
     for proc in list(reversed(_children)):
         stop_process(proc, grace=5.0)
+    for path in list(_temp_dirs):
+        remove_temp_dir(path)
 
 
-def raise_keyboard_interrupt_on_sigterm() -> None:
-    """A ``kill`` of the benchmark unwinds like Ctrl-C, so every ``finally`` runs."""
+def make_temp_dir(prefix: str, keep: bool = False) -> Path:
+    """A temp dir that ``stop_all_processes`` removes (unless ``keep``)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    if not keep:
+        _temp_dirs.append(path)
+    return path
+
+
+def remove_temp_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    if path in _temp_dirs:
+        _temp_dirs.remove(path)
+
+
+def interrupt_on_signals() -> None:
+    """Ctrl-C or a ``kill`` unwinds the benchmark with KeyboardInterrupt, so every ``finally``
+    runs; further SIGINT/SIGTERM are then ignored so they cannot cut the clean-up short
+    (it is bounded: a few seconds per process)."""
     def handler(_signum, _frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
 
 
@@ -231,6 +256,14 @@ class SubmitThreads:
     @property
     def running(self) -> bool:
         return any(t.is_alive() for t in self.threads)
+
+    def halt(self, timeout: float = 10.0) -> None:
+        """Stop handing out work and wait (bounded) for calls in flight; for ``finally``."""
+        self.stop.set()
+        deadline = time.monotonic() + timeout
+        for t in self.threads:
+            if t.is_alive():
+                t.join(max(0.0, deadline - time.monotonic()))
 
     def join(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -29,7 +29,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from bench_support import (BENCH_DIR, REPO_ROOT, BenchError, raise_keyboard_interrupt_on_sigterm,
+from bench_support import (BENCH_DIR, REPO_ROOT, BenchError, interrupt_on_signals,
                            stop_all_processes)
 
 SYSTEMS = ("ilgun-http", "ilgun-in-process", "rq", "celery")
@@ -100,7 +100,7 @@ def run_all(args: argparse.Namespace, log_dir: Path) -> list[dict]:
 
 def format_table(rows: list[dict]) -> str:
     head = ("system", "jobs", "jobs/s", "vs Celery", "submit→start p50 ms", "p99 ms", "submits/s",
-            "worker CPU ms/job", "failed")
+            "worker CPU ms/job", "failed", "load 1m")
     lines = []
     for r in rows:
         lat = r.get("start_latency_ms", {})
@@ -108,7 +108,7 @@ def format_table(rows: list[dict]) -> str:
         lines.append((r["system"], str(r["jobs"]), _fmt(r.get("jobs_per_s")),
                       _fmt(r.get("ratio_vs_celery"), "{:.2f}x"), _fmt(lat.get("p50")), _fmt(lat.get("p99")),
                       _fmt(r.get("submits_per_s")), _fmt(r.get("worker_cpu_ms_per_job"), "{:.2f}"),
-                      "ERROR" if r.get("error") else str(failed)))
+                      "ERROR" if r.get("error") else str(failed), _fmt(r.get("loadavg_1m_at_end"))))
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
     out = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths)))]
     out.append("  ".join("-" * w for w in widths))
@@ -131,8 +131,8 @@ def machine_info() -> dict:
     try:
         redis_server = subprocess.run(["redis-cli", "-h", "127.0.0.1", "INFO", "server"], capture_output=True,
                                       text=True, timeout=5).stdout
-        redis_version = next((l.split(":", 1)[1].strip() for l in redis_server.splitlines()
-                              if l.startswith("redis_version:")), None)
+        redis_version = next((line.split(":", 1)[1].strip() for line in redis_server.splitlines()
+                              if line.startswith("redis_version:")), None)
     except (OSError, subprocess.SubprocessError):
         redis_version = None
     return {"cpus_usable": len(os.sched_getaffinity(0)), "loadavg_before": os.getloadavg(),
@@ -149,7 +149,7 @@ def reproduce_command(argv: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    raise_keyboard_interrupt_on_sigterm()
+    interrupt_on_signals()
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or BENCH_DIR / "results" / f"engine-{stamp}.json"
     log_dir = out.with_suffix("").with_name(out.stem + "-logs")

@@ -10,18 +10,16 @@ import json
 import os
 import re
 import secrets
-import shutil
 import sys
-import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
-from bench_support import (BENCH_DIR, REPO_ROOT, BenchError, CpuMeter, SubmitThreads, free_port, run_command,
-                           start_process, stop_process, summarize, tail, utc_epoch, venv_tool, wait_for)
+from bench_support import (BENCH_DIR, REPO_ROOT, BenchError, CpuMeter, SubmitThreads, free_port, make_temp_dir,
+                           remove_temp_dir, run_command, start_process, stop_process, summarize, tail, utc_epoch,
+                           venv_tool, wait_for)
 
 NOOP_JOB = {"kind": "sleep", "params": {"duration": 0, "steps": 1}}
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
@@ -47,7 +45,7 @@ class IlgunServer:
     def __init__(self, opts: IlgunOptions, label: str):
         self.opts, self.label = opts, label
         file_label = re.sub(r"[^\w.-]+", "_", label)
-        self.data_dir = Path(tempfile.mkdtemp(prefix=f"ilgun-bench-{file_label}-"))
+        self.data_dir = make_temp_dir(f"ilgun-bench-{file_label}-", keep=opts.keep_data)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = opts.log_dir / f"{file_label}-gunicorn.log"
@@ -89,7 +87,7 @@ class IlgunServer:
             stop_process(self.proc, grace=20.0)
             self.proc = None
         if not self.opts.keep_data:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
+            remove_temp_dir(self.data_dir)
 
     def _ready(self) -> tuple[bool, str]:
         if self.proc.poll() is not None:
@@ -212,6 +210,7 @@ def _result(server: IlgunServer, system: str, ids: list[str], first_submit: floa
 def run_http(opts: IlgunOptions, system: str = "ilgun-http") -> dict:
     """``clients`` threads POST the jobs; the engine runs them while they are submitted."""
     server = IlgunServer(opts, system)
+    submitters = None
     try:
         server.start()
         _warm_up(server)
@@ -227,6 +226,8 @@ def run_http(opts: IlgunOptions, system: str = "ilgun-http") -> dict:
         return _result(server, system, ids, submitters.first_submit_at, submitters.last_submit_at,
                        submitters.errors, cpu, {"submit_path": f"HTTP POST /api/v1/jobs, {opts.clients} client threads"})
     finally:
+        if submitters is not None:
+            submitters.halt()
         server.stop()
 
 

@@ -47,6 +47,7 @@ def run_rq(opts: PeerOptions, env: dict[str, str], system: str = "rq") -> dict:
     queue = Queue(noop_tasks.RQ_QUEUE, connection=conn)
     log_path = opts.log_dir / f"{system}-workers.log"
     workers = []
+    submitters = None
     try:
         for i in range(opts.worker_processes):
             workers.append(start_process(
@@ -97,6 +98,8 @@ def run_rq(opts: PeerOptions, env: dict[str, str], system: str = "rq") -> dict:
             notes={"workers": f"{opts.worker_processes} x rq SimpleWorker processes",
                    "latency_from": "job.enqueued_at -> job.started_at", "redis": noop_tasks.RQ_REDIS_URL})
     finally:
+        if submitters is not None:
+            submitters.halt()  # no enqueue may land after the flush below
         for w in workers:
             stop_process(w, grace=10.0)
         conn.flushdb()
@@ -119,7 +122,7 @@ def run_celery(opts: PeerOptions, env: dict[str, str], system: str = "celery") -
     conn = redis.Redis.from_url(noop_tasks.CELERY_REDIS_URL)
     conn.flushdb()
     log_path = opts.log_dir / f"{system}-worker.log"
-    worker = None
+    worker = submitters = None
     try:
         worker = start_process(
             [venv_tool("celery"), "-A", "noop_tasks", "worker", "--pool", "threads",
@@ -167,6 +170,8 @@ def run_celery(opts: PeerOptions, env: dict[str, str], system: str = "celery") -
                    "latency_from": "time.time() before apply_async -> time.time() at task start",
                    "finished_from": "result meta date_done", "redis": noop_tasks.CELERY_REDIS_URL})
     finally:
+        if submitters is not None:
+            submitters.halt()  # no task may be sent after the flush below
         if worker is not None:
             stop_process(worker, grace=10.0)
         conn.flushdb()

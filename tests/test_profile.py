@@ -5,6 +5,7 @@ import json
 import os
 import runpy
 import subprocess
+import signal
 import sys
 import types
 from pathlib import Path
@@ -360,7 +361,10 @@ class RecordingLog:
 
 @pytest.fixture
 def hooks(load_gunicorn_conf):
-    return load_gunicorn_conf(ILGUN_PROFILE="small", GRACEFUL_TIMEOUT="30")
+    # post_worker_init chains a SIGTERM handler; give the test process its own back afterwards
+    saved = signal.getsignal(signal.SIGTERM)
+    yield load_gunicorn_conf(ILGUN_PROFILE="small", GRACEFUL_TIMEOUT="30")
+    signal.signal(signal.SIGTERM, saved)
 
 
 @pytest.fixture
@@ -453,3 +457,20 @@ def test_signal_hooks_only_log(hooks):
     hooks["worker_abort"](worker)
     assert [level for level, _ in worker.log.records] == ["info", "warning"]
     assert "timeout=60s" in worker.log.text()
+
+
+def test_sigterm_starts_the_stop_at_once_and_worker_exit_waits_for_it(hooks, fake_runtime):
+    """The hand-back budget counts from SIGTERM, not from worker_exit (which gthread calls
+    only after draining its connections), and the engine is stopped once."""
+    _runtime, calls = fake_runtime
+    gunicorn_handler = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: gunicorn_handler.append(signum))
+    worker = fake_worker()
+    worker.cfg.graceful_timeout = 10
+    hooks["post_worker_init"](worker)
+    signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+    worker.ilgun_stopper.join(2)
+    assert calls[-1] == ("stop", "the-app", 7)
+    assert gunicorn_handler == [signal.SIGTERM]  # gunicorn's own handler still runs
+    hooks["worker_exit"](fake_server(10), worker)
+    assert [c for c in calls if c[0] == "stop"] == [("stop", "the-app", 7)]

@@ -81,10 +81,6 @@ class Dispatcher:
     def wake(self) -> None:
         self._wake.set()
 
-    def stop_claiming(self) -> None:
-        """Claim nothing more (safe to call from a signal handler: only sets a flag)."""
-        self._accepting = False
-
     def stop(self, timeout: float = 25.0) -> list[str]:
         """Stop claiming, let running jobs finish for up to ``timeout`` seconds, then hand
         the rest back to the queue. Returns the ids handed back."""

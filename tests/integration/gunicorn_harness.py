@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -186,6 +186,8 @@ def request(port: int, method: str, path: str, body: Any = None, token: str | No
 class IlgunServer:
     """One gunicorn master (own session and process group) on a data folder."""
 
+    config_file = ROOT / "gunicorn.conf.py"
+
     def __init__(self, data_dir: Path, settings: dict[str, str] | None = None, name: str = "gunicorn"):
         self.data_dir = Path(data_dir)
         self.settings = dict(settings or {})
@@ -228,7 +230,7 @@ class IlgunServer:
         env = self.env()
         env.update(HOST="127.0.0.1", PORT=str(self.port))
         self.proc = subprocess.Popen(
-            [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "service:create_app()"],
+            [str(VENV_BIN / "gunicorn"), "-c", str(self.config_file), "service:create_app()"],
             cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
         self._admin_token = None
@@ -248,12 +250,15 @@ class IlgunServer:
         return child_pids(self.pid) if self.running() else set()
 
     def wait_ready(self, timeout: float = 40.0, workers: int = 3) -> None:
+        deadline = time.monotonic() + timeout
+
         def ready():
             assert self.running(), f"gunicorn exited with {self.proc.returncode}:\n{self.log_tail()}"
-            if request(self.port, "GET", "/readyz", timeout=5, retries=0).status != 200:
-                return False
-            return self.live_workers_ok(workers)
-        wait_for(ready, timeout, interval=0.1, what=f"{self.name} ready with {workers} live workers")
+            return request(self.port, "GET", "/readyz", timeout=5, retries=0).status == 200
+        wait_for(ready, timeout, interval=0.1, what=f"{self.name} /readyz")
+        # Stats counts against the admin's rate limit where one is on: poll it gently.
+        wait_for(lambda: self.live_workers_ok(workers), max(1.0, deadline - time.monotonic()), interval=0.3,
+                 what=f"{self.name} with {workers} live workers running dispatchers")
 
     def live_workers_ok(self, workers: int = 3) -> bool:
         """``workers`` live worker processes, each with a dispatcher in /api/v1/stats."""
@@ -368,15 +373,32 @@ class IlgunServer:
                 return items, totals
             page += 1
 
+    def slow_reader(self, path: str, token: str) -> socket.socket:
+        """A client that sends GET ``path`` and then reads nothing, so a large response keeps
+        the worker's request in flight (a slow client downloading a result). Close it when done."""
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+        s.settimeout(10)
+        s.connect(("127.0.0.1", self.port))
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+        return s
+
     # -- database -----------------------------------------------------------------------------
-    def db_jobs(self) -> dict[str, dict]:
-        """Rows of the jobs table, read straight from the SQLite file."""
+    def _select(self, sql: str) -> list[dict]:
         con = sqlite3.connect(str(self.data_dir / "ilgun.db"), timeout=15)
         con.row_factory = sqlite3.Row
         try:
-            return {r["id"]: dict(r) for r in con.execute("SELECT * FROM jobs")}
+            return [dict(r) for r in con.execute(sql)]
         finally:
             con.close()
+
+    def db_jobs(self) -> dict[str, dict]:
+        """Rows of the jobs table, read straight from the SQLite file."""
+        return {r["id"]: r for r in self._select("SELECT * FROM jobs")}
+
+    def db_workers(self) -> list[dict]:
+        """Rows of the workers table: a dispatcher removes its own row when its stop completes."""
+        return self._select("SELECT * FROM workers")
 
 
 # --- a slow file server for the download kind -------------------------------------------------
@@ -418,8 +440,9 @@ class SlowFileServer:
 
             def do_GET(self):
                 parts = urlsplit(self.path)
-                seconds = float(parse_qs(parts.query).get("seconds", ["1"])[0])
-                chunks = max(1, round(seconds / CHUNK_INTERVAL))
+                query = parse_qs(parts.query)
+                seconds = float(query.get("seconds", ["1"])[0])
+                chunks = int(query.get("chunks", [max(1, round(seconds / CHUNK_INTERVAL))])[0])
                 rec = Fetch(path=parts.path, start=time.time(), size=chunks * CHUNK)
                 with outer.lock:
                     outer.fetches.append(rec)
@@ -432,7 +455,8 @@ class SlowFileServer:
                     self.end_headers()
                     self.wfile.flush()
                     for _ in range(chunks):
-                        time.sleep(seconds / chunks)
+                        if seconds:
+                            time.sleep(seconds / chunks)
                         self.wfile.write(payload)
                         self.wfile.flush()
                         rec.sent += len(payload)
@@ -462,8 +486,11 @@ class SlowFileServer:
         self.httpd.server_close()
         self.thread.join(timeout=5)
 
-    def url(self, name: str, seconds: float) -> str:
-        return f"http://127.0.0.1:{self.port}/{name}?seconds={seconds}"
+    def url(self, name: str, seconds: float, chunks: int | None = None) -> str:
+        """``name`` streamed over about ``seconds``, in ``chunks`` of 64 KiB (default: one
+        every CHUNK_INTERVAL)."""
+        extra = f"&chunks={chunks}" if chunks else ""
+        return f"http://127.0.0.1:{self.port}/{name}?seconds={seconds}{extra}"
 
     def for_path(self, name: str) -> list[Fetch]:
         with self.lock:

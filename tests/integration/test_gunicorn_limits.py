@@ -5,7 +5,6 @@ import http.client
 import json
 import threading
 import time
-import uuid
 from collections import Counter
 from datetime import datetime
 

@@ -34,6 +34,14 @@ def _submit_mix(server, slow_files, token, rnd):
     return downloads, sleeps, long_ids
 
 
+def _wait_busy(server, slow_files, downloads, long_ids):
+    wait_for(lambda: all(slow_files.for_path(downloads[j]) for j in long_ids), timeout=10,
+             what="both long downloads to start")
+    wait_for(lambda: sum(len(w["running"]) for w in server.stats()["workers"]) >= 5, timeout=10,
+             what="the slots to fill")
+    time.sleep(0.5)
+
+
 def _check_executions(slow_files, downloads, long_ids):
     """Per download job: executions one after the other, exactly one complete, and the long
     ones (in flight at the signal, longer than the engine's wait) fetched exactly twice."""
@@ -52,25 +60,25 @@ def _check_executions(slow_files, downloads, long_ids):
 
 
 def _check_all_succeeded_once(final):
+    # attempt == 1: a hand-back by a stopping worker refunds the attempt, so a job that was
+    # only ever interrupted by shutdowns ends on its first attempt. attempt 2 would mean a
+    # worker died with the job (lease expiry recovery).
     bad = {j: (v["status"], v["attempt"], v["message"]) for j, v in final.items()
            if v["status"] != "succeeded" or v["attempt"] != 1}
-    # attempt == 1: a hand-back by a stopping worker refunds the attempt, so a job that was
-    # only ever interrupted by shutdowns ends on its first attempt.
     assert not bad, f"not succeeded on attempt 1: {dump(bad)}"
 
 
-def test_sigterm_with_jobs_in_flight_then_restart(ilgun_factory, slow_files):
-    settings = {"GRACEFUL_TIMEOUT": str(GRACE)}
-    server = ilgun_factory(settings)
-    token = server.register("stopuser")
-    downloads, sleeps, long_ids = _submit_mix(server, slow_files, token, random.Random(3))
-    all_ids = list(downloads) + sleeps
+def _check_engines_stopped(server, pids):
+    """Each of these workers' job engines completed its stop: the last step of a dispatcher's
+    stop removes its row from the workers table, so a row left behind by one of these (dead)
+    workers means it was killed before its jobs were dealt with. (Checked right after they
+    exit: live workers prune such rows after 2 x LEASE_SECONDS.)"""
+    left = [w for w in server.db_workers() if w["pid"] in set(pids)]
+    assert not left, ("worker(s) exited without finishing the job engine's stop (killed at the end "
+                      f"of the graceful timeout?): {dump(left)}")
 
-    wait_for(lambda: all(slow_files.for_path(downloads[j]) for j in long_ids), timeout=10,
-             what="both long downloads to start")
-    wait_for(lambda: sum(len(w["running"]) for w in server.stats()["workers"]) >= 5, timeout=10,
-             what="the slots to fill")
-    time.sleep(0.5)
+
+def _stop_master(server):
     pgid = server.pid
     workers = server.worker_pids()
     server.terminate(signal.SIGTERM)
@@ -79,23 +87,39 @@ def test_sigterm_with_jobs_in_flight_then_restart(ilgun_factory, slow_files):
     stopped_in = time.monotonic() - t0
     log(f"master exited with {code} after {stopped_in:.1f}s")
     assert code == 0, f"gunicorn exit code {code}"
-    assert stopped_in <= GRACE + 2, f"stop took {stopped_in:.1f}s"
+    assert stopped_in <= GRACE + 3, f"stop took {stopped_in:.1f}s"
     wait_for(lambda: not group_members(pgid), timeout=5, what="every gunicorn process to exit")
     assert not any(pid_alive(p) for p in workers)
-    log_text = server.log_text()
-    assert "SIGKILL" not in log_text, "a worker was killed instead of stopping within the grace period"
+    return workers
 
-    # A graceful stop leaves no job running under a lease that only expiry could recover:
-    # every job is finished, still queued, or handed back to the queue with its attempt refunded.
+
+def _check_graceful_db_state(server, all_ids):
+    """A graceful stop leaves no job running under a lease that only expiry could recover:
+    every job is finished, or queued (never started, or handed back)."""
     rows = server.db_jobs()
     assert set(rows) == set(all_ids)
-    running = {j: (r["status"], r["lease_owner"]) for j, r in rows.items() if r["status"] == "running"}
+    running = {j: (r["status"], r["attempt"], r["lease_owner"], r["message"])
+               for j, r in rows.items() if r["status"] == "running"}
     assert not running, f"left running by a graceful stop: {dump(running)}"
+    assert server.db_workers() == [], f"workers still registered: {dump(server.db_workers())}"
+    return rows
+
+
+def test_sigterm_with_jobs_in_flight_then_restart(ilgun_factory, slow_files):
+    settings = {"GRACEFUL_TIMEOUT": str(GRACE)}
+    server = ilgun_factory(settings)
+    token = server.register("stopuser")
+    downloads, sleeps, long_ids = _submit_mix(server, slow_files, token, random.Random(3))
+    all_ids = list(downloads) + sleeps
+    _wait_busy(server, slow_files, downloads, long_ids)
+
+    workers = _stop_master(server)
+    _check_engines_stopped(server, workers)
+    rows = _check_graceful_db_state(server, all_ids)
     for job_id in long_ids:
         r = rows[job_id]
         assert (r["status"], r["attempt"]) == ("queued", 0), f"long job not handed back: {dump(r)}"
-        assert "handed back" in (r["message"] or ""), dump(r)
-    statuses = sorted(r["status"] for r in rows.values())
+    statuses = [r["status"] for r in rows.values()]
     log(f"after stop: {dict((s, statuses.count(s)) for s in set(statuses))}")
 
     # Start again on the same data: everything finishes, nothing is lost.
@@ -111,12 +135,8 @@ def test_hup_with_jobs_in_flight(ilgun_factory, slow_files):
     token = server.register("hupuser")
     downloads, sleeps, long_ids = _submit_mix(server, slow_files, token, random.Random(4))
     all_ids = list(downloads) + sleeps
+    _wait_busy(server, slow_files, downloads, long_ids)
 
-    wait_for(lambda: all(slow_files.for_path(downloads[j]) for j in long_ids), timeout=10,
-             what="both long downloads to start")
-    wait_for(lambda: sum(len(w["running"]) for w in server.stats()["workers"]) >= 5, timeout=10,
-             what="the slots to fill")
-    time.sleep(0.5)
     old = server.worker_pids()
     assert len(old) == 3
     server.terminate(signal.SIGHUP)
@@ -127,8 +147,9 @@ def test_hup_with_jobs_in_flight(ilgun_factory, slow_files):
     wait_for(lambda: not any(pid_alive(p) for p in old), timeout=GRACE + 10, what="the old workers to exit")
     gone_in = time.monotonic() - t0
     log(f"old workers gone after {gone_in:.1f}s")
-    assert gone_in <= GRACE + 2
+    assert gone_in <= GRACE + 3, f"old workers took {gone_in:.1f}s to leave"
     assert server.running(), "the master survives a HUP"
+    _check_engines_stopped(server, old)
     wait_for(lambda: server.live_workers_ok(3), timeout=15, what="3 new live workers")
     new = server.worker_pids()
     assert not (new & old), (old, new)
@@ -137,4 +158,44 @@ def test_hup_with_jobs_in_flight(ilgun_factory, slow_files):
     _check_all_succeeded_once(final)
     time.sleep(0.5)
     _check_executions(slow_files, downloads, long_ids)
-    assert "SIGKILL" not in server.log_text(), "a worker was killed instead of stopping within the grace period"
+
+
+def test_sigterm_while_a_slow_client_holds_a_worker(ilgun_factory, slow_files):
+    """A client slowly downloading a result keeps a request in flight on one worker when
+    gunicorn is told to stop. That worker must still hand its running jobs back before
+    gunicorn's graceful timeout ends, like the others."""
+    settings = {"GRACEFUL_TIMEOUT": str(GRACE)}
+    server = ilgun_factory(settings)
+    token = server.register("slowclient")
+    # A result big enough (8 MiB) to fill the socket buffers of a client that reads nothing.
+    big = server.submit(token, "download", {"url": slow_files.url("big", 0.5, chunks=128), "filename": "big.bin"})
+    assert server.wait_jobs([big], timeout=20, token=token)[big]["status"] == "succeeded"
+
+    # Fill every slot of every worker with jobs that outlast the engine's wait.
+    sleeps = [server.submit(token, "sleep", {"duration": 10, "steps": 20}) for _ in range(6)]
+    wait_for(lambda: all(server.job(j)["status"] == "running" for j in sleeps), timeout=10,
+             what="six running jobs")
+    # (so whichever worker the slow client lands on has jobs to hand back)
+    wait_for(lambda: sorted(len(w["running"]) for w in server.stats()["workers"]) == [2, 2, 2],
+             timeout=5, what="two jobs on each worker")
+
+    reader = server.slow_reader(f"/api/v1/jobs/{big}/files/big.bin", token)
+    try:
+        time.sleep(1.0)  # the worker is now blocked sending the file
+        workers = _stop_master(server)
+        # The premise: the response was still unfinished when gunicorn stopped.
+        received = 0
+        try:
+            while chunk := reader.recv(1 << 16):
+                received += len(chunk)
+        except OSError:
+            pass
+        assert received < 128 * 64 * 1024, "the slow client got the whole file: no request was in flight"
+    finally:
+        reader.close()
+    _check_engines_stopped(server, workers)
+    _check_graceful_db_state(server, [big, *sleeps])
+
+    again = ilgun_factory(settings, data_dir=server.data_dir, name="restarted")
+    final = again.wait_jobs(sleeps, timeout=40)
+    _check_all_succeeded_once(final)

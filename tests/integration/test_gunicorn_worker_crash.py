@@ -45,7 +45,7 @@ def test_kill_9_of_the_worker_running_a_download(ilgun_factory, slow_files):
     second = slow_files.for_path(name)[1]
     takeover = second.start - killed_at
     log(f"job taken over {takeover:.2f}s after the kill")
-    assert takeover <= LEASE + SWEEP + 2.0, f"takeover took {takeover:.2f}s"
+    assert takeover <= LEASE + SWEEP + 3.0, f"takeover took {takeover:.2f}s"
 
     final = server.wait_jobs([job_id], timeout=DOWNLOAD_SECONDS + 10)[job_id]
     assert final["status"] == "succeeded", dump(final)
