@@ -11,6 +11,42 @@ from service import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct-horse-battery"
+ERROR_KEYS = {"success", "error_code", "message", "details"}
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(request, monkeypatch):
+    """scrypt (werkzeug's default) costs ~0.2 s a hash; tests about the API, not the hash's
+    cost, hash new passwords with a cheap pbkdf2. Verification reads the method from the stored
+    hash, so it is unchanged. Mark a test ``real_password_hashing`` to keep scrypt."""
+    if request.node.get_closest_marker("real_password_hashing"):
+        return
+    from werkzeug.security import generate_password_hash
+    monkeypatch.setattr("service.store.users.generate_password_hash",
+                        lambda password: generate_password_hash(password, method="pbkdf2:sha256:1000"))
+
+
+def assert_error(resp, status: int, code: str | set[str]) -> dict:
+    """An error answer: the exact status and code, the error envelope, and no stack trace."""
+    assert b"Traceback" not in resp.data
+    body = resp.get_json(silent=True)
+    assert resp.status_code == status, (resp.status_code, body if body is not None else resp.data[:300])
+    assert resp.mimetype == "application/json", resp.data[:300]
+    assert set(body) == ERROR_KEYS, body
+    assert body["success"] is False
+    codes = {code} if isinstance(code, str) else code
+    assert body["error_code"] in codes, body
+    assert isinstance(body["message"], str) and body["message"]
+    return body
+
+
+def assert_ok(resp, status: int = 200):
+    """A success answer in the envelope; returns its data."""
+    body = resp.get_json()
+    assert resp.status_code == status, (resp.status_code, body)
+    assert set(body) == {"success", "message", "data"}, body
+    assert body["success"] is True and isinstance(body["message"], str)
+    return body["data"]
 
 
 @pytest.fixture(scope="session")
@@ -116,6 +152,15 @@ def sign_up(app, client, username: str, role: str = "user") -> Api:
     resp = client.post("/api/v1/auth/login", json={"username": username, "password": PASSWORD})
     assert resp.status_code == 200, resp.get_json()
     return Api(client, resp.get_json()["data"]["access_token"])
+
+
+def running_app(app_factory, **config):
+    """(app, admin Api) with a dispatcher running in this process."""
+    from service.runtime import start_worker_runtime
+    app = app_factory(**config)
+    admin = sign_up(app, app.test_client(), "admin", role="admin")
+    start_worker_runtime(app)
+    return app, admin
 
 
 @pytest.fixture

@@ -4,40 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import PASSWORD, sign_up
+from tests.conftest import PASSWORD, assert_error, assert_ok, sign_up
 
 AUTH = "/api/v1/auth"
-ERROR_KEYS = {"success", "error_code", "message", "details"}
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(monkeypatch):
-    """scrypt (werkzeug's default) costs ~0.2 s a hash; these tests are about the API, not the
-    hash's cost, so new passwords are hashed with a cheap pbkdf2. Verification is unchanged."""
-    from werkzeug.security import generate_password_hash
-    monkeypatch.setattr("service.store.users.generate_password_hash",
-                        lambda password: generate_password_hash(password, method="pbkdf2:sha256:1000"))
 
-
-def assert_error(resp, status: int, code: str) -> dict:
-    """An error answer: the exact status and code, the error envelope, and no stack trace."""
-    assert b"Traceback" not in resp.data
-    body = resp.get_json(silent=True)
-    assert resp.status_code == status, (resp.status_code, body if body is not None else resp.data[:300])
-    assert resp.mimetype == "application/json", resp.data[:300]
-    assert set(body) == ERROR_KEYS, body
-    assert body["success"] is False
-    assert body["error_code"] == code, body
-    assert isinstance(body["message"], str) and body["message"]
-    return body
-
-
-def assert_ok(resp, status: int = 200) -> dict:
-    body = resp.get_json()
-    assert resp.status_code == status, (resp.status_code, body)
-    assert set(body) == {"success", "message", "data"}, body
-    assert body["success"] is True and isinstance(body["message"], str)
-    return body["data"]
 
 
 def register(client, **fields):

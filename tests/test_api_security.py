@@ -16,18 +16,9 @@ import jwt
 import pytest
 
 from service.store.schema import users as users_table
-from tests.conftest import PASSWORD, Api, sign_up
-
-ERROR_KEYS = {"success", "error_code", "message", "details"}
+from tests.conftest import PASSWORD, Api, assert_error, assert_ok, sign_up
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(monkeypatch):
-    """scrypt (werkzeug's default) costs ~0.2 s a hash; these tests are about the API, not the
-    hash's cost, so new passwords are hashed with a cheap pbkdf2. Verification is unchanged."""
-    from werkzeug.security import generate_password_hash
-    monkeypatch.setattr("service.store.users.generate_password_hash",
-                        lambda password: generate_password_hash(password, method="pbkdf2:sha256:1000"))
 
 
 @pytest.fixture
@@ -37,25 +28,6 @@ def app(app_factory):
 
 # -- helpers ----------------------------------------------------------------------------------
 
-def assert_error(resp, status: int, code: str | set[str]) -> dict:
-    """An error answer: the exact status and code, the error envelope, and no stack trace."""
-    assert b"Traceback" not in resp.data
-    body = resp.get_json(silent=True)
-    assert resp.status_code == status, (resp.status_code, body if body is not None else resp.data[:300])
-    assert resp.mimetype == "application/json", resp.data[:300]
-    assert set(body) == ERROR_KEYS, body
-    assert body["success"] is False
-    codes = {code} if isinstance(code, str) else code
-    assert body["error_code"] in codes, body
-    assert isinstance(body["message"], str) and body["message"]
-    return body
-
-
-def assert_ok(resp, status: int = 200):
-    body = resp.get_json()
-    assert resp.status_code == status, (resp.status_code, body)
-    assert body["success"] is True
-    return body["data"]
 
 
 def job_count(app) -> int:

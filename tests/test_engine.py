@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import time
 
-import sqlalchemy as sa
 from sqlalchemy import event
 
-from tests.conftest import sign_up
+from tests.conftest import running_app, sign_up
 
 
 def _job_dir(app, job):
@@ -30,11 +29,7 @@ def test_cancel_running_job_stops_within_a_second_and_removes_files(app, admin, 
 
 
 def test_cancel_queued_job_is_immediate(app_factory):
-    app = app_factory(MAX_WORKERS=1)
-    client = app.test_client()
-    admin = sign_up(app, client, "admin", role="admin")
-    from service.runtime import start_worker_runtime
-    start_worker_runtime(app)
+    app, admin = running_app(app_factory, MAX_WORKERS=1)
     blocker = admin.submit("sleep", {"duration": 30}).get_json()["data"]
     queued = admin.submit("sleep", {"duration": 0}).get_json()["data"]
     admin.wait(blocker["id"], until=("running",))
@@ -75,11 +70,7 @@ def test_a_crashing_kind_fails_its_job_and_the_worker_goes_on(admin, dispatcher)
 
 
 def test_kind_timeout(app_factory):
-    app = app_factory(KIND_LIMITS={"sleep": {"timeout": 0.5}})
-    client = app.test_client()
-    admin = sign_up(app, client, "admin", role="admin")
-    from service.runtime import start_worker_runtime
-    start_worker_runtime(app)
+    app, admin = running_app(app_factory, KIND_LIMITS={"sleep": {"timeout": 0.5}})
     job = admin.submit("sleep", {"duration": 20, "steps": 20}).get_json()["data"]
     done = admin.wait(job["id"], timeout=5)
     assert done["status"] == "failed" and done["error"]["code"] == "TIMEOUT"
@@ -115,11 +106,7 @@ def test_progress_is_visible_while_running(admin, dispatcher):
 
 
 def test_local_submit_starts_without_waiting_for_a_poll_tick(app_factory):
-    app = app_factory(POLL_INTERVAL=10.0)
-    client = app.test_client()
-    admin = sign_up(app, client, "admin", role="admin")
-    from service.runtime import start_worker_runtime
-    start_worker_runtime(app)
+    app, admin = running_app(app_factory, POLL_INTERVAL=10.0)
     time.sleep(0.3)  # the claim loop is now asleep on its 10 s poll
     job = admin.submit("sleep", {"duration": 0}).get_json()["data"]
     done = admin.wait(job["id"], timeout=3)
@@ -145,11 +132,7 @@ def test_stop_hands_unfinished_jobs_back_and_another_worker_finishes_them(app_fa
 
 
 def test_queued_jobs_have_position_and_eta(app_factory):
-    app = app_factory(MAX_WORKERS=1)
-    client = app.test_client()
-    admin = sign_up(app, client, "admin", role="admin")
-    from service.runtime import start_worker_runtime
-    start_worker_runtime(app)
+    app, admin = running_app(app_factory, MAX_WORKERS=1)
     first = admin.submit("sleep", {"duration": 30}).get_json()["data"]
     admin.wait(first["id"], until=("running",))
     waiting = [admin.submit("sleep", {"duration": 0}).get_json()["data"] for _ in range(3)]
@@ -164,11 +147,7 @@ def test_queued_jobs_have_position_and_eta(app_factory):
 
 
 def test_per_user_limit_queues_the_second_job(app_factory):
-    app = app_factory(KIND_LIMITS={"sleep": {"per_user": 1}}, MAX_WORKERS=2)
-    client = app.test_client()
-    admin = sign_up(app, client, "admin", role="admin")
-    from service.runtime import start_worker_runtime
-    start_worker_runtime(app)
+    app, admin = running_app(app_factory, KIND_LIMITS={"sleep": {"per_user": 1}}, MAX_WORKERS=2)
     a = admin.submit("sleep", {"duration": 0.6}).get_json()["data"]
     b = admin.submit("sleep", {"duration": 0.6}).get_json()["data"]
     da, db = admin.wait(a["id"]), admin.wait(b["id"])

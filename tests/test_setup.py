@@ -91,3 +91,16 @@ def test_flask_db_upgrade_from_scratch_on_the_command_line(tmp_path):
                            capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stderr + check.stdout
     assert (tmp_path / "ilgun.db").is_file()
+
+
+@pytest.mark.real_password_hashing
+def test_passwords_are_stored_with_scrypt(app):
+    """The production hash, not the cheap one the other tests use."""
+    import sqlalchemy as sa
+    from service.store.schema import users
+    svc = app.extensions["ilgun"]
+    svc.users.create("carol", "a good long password")
+    with svc.engine.connect() as conn:
+        stored = conn.execute(sa.select(users.c.password_hash).where(users.c.username == "carol")).scalar_one()
+    assert stored.startswith("scrypt:") and "a good long password" not in stored
+    assert svc.users.authenticate("carol", "a good long password")["username"] == "carol"

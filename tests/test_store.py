@@ -5,7 +5,6 @@ import threading
 import time
 
 import pytest
-import sqlalchemy as sa
 
 from service.errors import ConcurrencyLimit, InvalidState, NotFound, QueueFull, ServiceBusy
 from service.store import database

@@ -6,6 +6,7 @@ only) and ``run`` on an executor thread.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping, Protocol
 
 
@@ -33,14 +34,14 @@ class JobContext(Protocol):
     params: Mapping[str, Any]
     attempt: int
     config: Mapping[str, Any]
-    workspace: "Path"  # noqa: F821 - the job's output folder (pathlib.Path)
+    workspace: Path  # the job's output folder
 
     @property
     def cancelled(self) -> bool: ...
     def check_cancelled(self) -> None: ...
     def progress(self, percent: float, message: str | None = None) -> None: ...
     def open_output(self, name: str, mode: str = "wb"): ...
-    def temp_path(self, name: str) -> "Path": ...  # noqa: F821
+    def temp_path(self, name: str) -> Path: ...
 
 
 class JobKind:
