@@ -14,9 +14,13 @@ from service.engine.dispatcher import policy_for
 from service.errors import Forbidden, NotFound
 from service.kinds import KINDS, get_kind
 from service.store.jobs import JobStore, QueueBounds, eta_seconds
+from service.store.planner import ensure_planner_stats
 from service.store.users import UserStore
 from service.store.workers import WorkerStore
 from service.workspace import Workspace, check_plain_name
+
+
+TIMING_TTL = 1.0
 
 
 def iso(ts: float | None) -> str | None:
@@ -37,6 +41,8 @@ class JobService:
         self.workspace = Workspace(config["FILES_ROOT"])
         self.kinds = KINDS
         self.dispatcher = None  # set in processes that execute jobs (see service.runtime)
+        self._timing_cache = None
+        ensure_planner_stats(engine)
 
     @property
     def bounds(self) -> QueueBounds:
@@ -117,8 +123,13 @@ class JobService:
 
     # -- presentation ---------------------------------------------------------------------
     def _timing(self) -> tuple[dict[str, float], int]:
-        slots = self.workers.live_slots(self.config["LEASE_SECONDS"] * 2) or int(self.config["MAX_WORKERS"])
-        return self.workers.average_durations(), slots
+        """(average run time per kind, live executor slots) for ETAs. Both change slowly, so
+        they are read at most once a second per process rather than on every request."""
+        now = time.monotonic()
+        if self._timing_cache is None or now - self._timing_cache[0] > TIMING_TTL:
+            slots = self.workers.live_slots(self.config["LEASE_SECONDS"] * 2) or int(self.config["MAX_WORKERS"])
+            self._timing_cache = (now, (self.workers.average_durations(), slots))
+        return self._timing_cache[1]
 
     def view(self, job: dict, files: list[dict] | None = None, timing=None) -> dict:
         position = eta = None
@@ -127,7 +138,7 @@ class JobService:
             kind = self.kinds.get(job["kind"])
             avg = averages.get(job["kind"], kind.default_duration_seconds if kind else 5.0)
             _, global_limit = kind.limits_for(self.config) if kind else (None, None)
-            position = self.jobs.queue_position(job)
+            position = job["position"] if "position" in job else self.jobs.queue_position(job)
             eta = eta_seconds(position, avg, min(slots, global_limit or slots), job["run_after"] - time.time())
         if files is None:
             files = self.jobs.files(job["id"]) if job["status"] == "succeeded" else []

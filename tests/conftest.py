@@ -1,7 +1,7 @@
 """Shared fixtures: a real SQLite file per test (migrated by Alembic once, then copied)."""
 from __future__ import annotations
 
-import shutil
+import sqlite3
 import time
 from pathlib import Path
 
@@ -58,13 +58,22 @@ def migrated_db(tmp_path_factory) -> Path:
     with app.app_context():
         flask_migrate.upgrade()
     app.extensions["ilgun"].engine.dispose()
+    with app.app_context():
+        from service.extensions import db
+        db.engine.dispose()
     return data / "ilgun.db"
 
 
 def make_app(tmp_path: Path, migrated_db: Path, **overrides):
     db = tmp_path / "ilgun.db"
     if not db.exists():
-        shutil.copy(migrated_db, db)
+        # SQLite's backup API, not a file copy: the template is in WAL mode and part of it
+        # may still live in its -wal file
+        source, target = sqlite3.connect(migrated_db), sqlite3.connect(db)
+        with target:
+            source.backup(target)
+        source.close()
+        target.close()
     config = {
         "TESTING": True, "ILGUN_DATA": str(tmp_path), "DATABASE_URL": f"sqlite:///{db}",
         "RATELIMIT_ENABLED": False, "LEASE_SECONDS": 5.0, "POLL_INTERVAL": 0.1, "SWEEP_INTERVAL": 0.5,

@@ -119,7 +119,7 @@ def test_stop_hands_unfinished_jobs_back_and_another_worker_finishes_them(app_fa
     admin = sign_up(first, client, "admin", role="admin")
     from service.runtime import start_worker_runtime, stop_worker_runtime
     start_worker_runtime(first)
-    job = admin.submit("sleep", {"duration": 1.5, "steps": 3}).get_json()["data"]
+    job = admin.submit("sleep", {"duration": 4, "steps": 8}).get_json()["data"]  # long enough to still be running under load
     admin.wait(job["id"], until=("running",))
     handed_back = stop_worker_runtime(first, timeout=0.2)
     assert handed_back == [job["id"]]
@@ -127,7 +127,7 @@ def test_stop_hands_unfinished_jobs_back_and_another_worker_finishes_them(app_fa
     assert back["status"] == "queued" and back["attempt"] == 0
     second = app_factory()  # another worker on the same database
     start_worker_runtime(second)
-    done = admin.wait(job["id"], timeout=10)
+    done = admin.wait(job["id"], timeout=20)
     assert done["status"] == "succeeded" and done["attempt"] == 1
 
 

@@ -5,6 +5,7 @@ import threading
 import time
 
 import pytest
+import sqlalchemy as sa
 
 from service.errors import ConcurrencyLimit, InvalidState, NotFound, QueueFull, ServiceBusy
 from service.store import database
@@ -251,3 +252,33 @@ def test_claim_query_uses_the_index_with_a_million_finished_jobs(engine, users):
     assert store.queue_position(store.get(job["id"], None)) is None
     # not a timing assertion: recorded for the reader of a failure
     print(f"claim with 1M finished jobs: {1000 * (time.perf_counter() - started):.1f} ms")
+
+
+def test_fresh_database_gets_planner_stats_that_pick_the_partial_indexes(engine, users):
+    """Before any ANALYZE, SQLite guessed wrong (the claim walked every finished job of the
+    kind). ensure_planner_stats gives it steady-state estimates."""
+    from service.store.planner import ensure_planner_stats
+    assert ensure_planner_stats(engine) is True
+    assert ensure_planner_stats(engine) is False  # only once
+    now = time.time()
+    rows = [dict(id=f"{i:036d}", owner_id=users[i % 3], kind="sleep", params={},
+                 status="queued" if i < 2000 else "succeeded", priority=0, progress=0.0, attempt=1,
+                 max_attempts=3, run_after=now, cancel_requested=False, created_at=now + i, updated_at=now)
+            for i in range(22_000)]
+    with engine.begin() as conn:
+        conn.execute(jobs.insert(), rows)
+    fresh = database.make_engine(str(engine.url))  # statistics load when a connection opens
+
+    def plan(query) -> str:
+        sql = query.compile(fresh, compile_kwargs={"literal_binds": True})
+        with fresh.connect() as conn:
+            return " ".join(r[-1] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+
+    claim = plan(ClaimStore._next_query(now, {"sleep": SLEEP}, {}, {}))
+    assert "ix_jobs_queued" in claim and "TEMP B-TREE" not in claim, claim
+    mine = plan(sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status == "queued",
+                                                                   jobs.c.owner_id == users[0]))
+    assert "ix_jobs_queued_owner" in mine, mine
+    listing = plan(sa.select(jobs).where(jobs.c.owner_id == users[0]).order_by(jobs.c.created_at.desc()).limit(20))
+    assert "ix_jobs_owner_created" in listing and "TEMP B-TREE" not in listing, listing
+    fresh.dispose()

@@ -74,7 +74,9 @@ class RunContext:
         self.stop_reason: str | None = None
         self._stop = threading.Event()
         self._report = report_progress
-        self._last_write = 0.0
+        # counted from the start, so a job shorter than the interval writes no progress at all
+        # (its finish sets 100 %): one write transaction fewer per short job
+        self._last_write = self.started_monotonic
         self._pending: tuple[float, str | None] | None = None
         self._hashes: dict[str, str] = {}
 

@@ -178,9 +178,13 @@ class Dispatcher:
             result = kind.run(ctx)
             ctx.flush_progress()
             ctx.check_cancelled()
-            self.workspace.discard_tmp(owner, job_id)
-            self.claims.finish(job_id, ctx.token, JobStatus.SUCCEEDED, result=result,
-                               files=ctx.output_files(), duration=time.monotonic() - started, message="done")
+            files = ctx.output_files()
+            if files:
+                self.workspace.discard_tmp(owner, job_id)
+            else:  # nothing to keep: leave no empty folders behind
+                shutil.rmtree(self.workspace.job_dir(owner, job_id), ignore_errors=True)
+            self.claims.finish(job_id, ctx.token, JobStatus.SUCCEEDED, result=result, files=files,
+                               duration=time.monotonic() - started, kind=job["kind"], message="done")
         except JobCancelled:
             self._stopped(job, ctx)
         except TransientJobError as exc:

@@ -19,6 +19,25 @@ from service.store.schema import job_files, jobs, kind_stats
 
 EWMA_WEIGHT = 0.2   # recent run times count most in the ETA
 
+# Hot-path statements, built once (see jobs.py for why).
+_RUNNING_COUNTS = sa.text("SELECT kind, owner_id, count(*) FROM jobs WHERE status = 'running' "
+                          "GROUP BY kind, owner_id")
+_CLAIM = sa.text("UPDATE jobs SET status = 'running', attempt = attempt + 1, run_token = :token, "
+                 "lease_owner = :owner, lease_expires_at = :expires, started_at = :now, updated_at = :now, "
+                 "progress = 0, message = 'started' WHERE id = :id AND status = 'queued'")
+_RENEW = sa.text("UPDATE jobs SET lease_expires_at = :expires "
+                 "WHERE id = :id AND run_token = :token AND status = 'running'")
+_PROGRESS = sa.text("UPDATE jobs SET progress = :progress, message = :message, updated_at = :now "
+                    "WHERE id = :id AND run_token = :token AND status = 'running'")
+_FINISH = sa.text(
+    "UPDATE jobs SET status = :status, result = :result, error_code = :error_code, "
+    "error_message = :error_message, finished_at = :now, updated_at = :now, lease_owner = NULL, "
+    "lease_expires_at = NULL, message = :message, progress = CASE WHEN :succeeded THEN 100 ELSE progress END "
+    "WHERE id = :id AND run_token = :token AND status = 'running'"
+).bindparams(sa.bindparam("result", type_=sa.JSON), sa.bindparam("succeeded", type_=sa.Boolean))
+_AVERAGE = sa.text("UPDATE kind_stats SET avg_seconds = avg_seconds * :keep + :seconds * :weight, "
+                   "samples = samples + 1, updated_at = :now WHERE kind = :kind")
+
 
 class ClaimStore:
     def __init__(self, engine: sa.Engine, clock=time.time):
@@ -38,30 +57,39 @@ class ClaimStore:
             now = self.clock()
             per_kind: Counter = Counter()
             per_pair: Counter = Counter()
-            for kind, owner, count in conn.execute(
-                    sa.select(jobs.c.kind, jobs.c.owner_id, sa.func.count())
-                    .where(jobs.c.status == RUNNING).group_by(jobs.c.kind, jobs.c.owner_id)):
+            for kind, owner, count in conn.execute(_RUNNING_COUNTS):
                 per_kind[kind] += count
                 per_pair[(kind, owner)] += count
             claimed = []
             for _ in range(n):
-                row = conn.execute(self._next_query(now, policies, per_kind, per_pair)).first()
+                row = self._next_claimable(conn, now, policies, per_kind, per_pair)
                 if row is None:
                     break
                 token = uuid.uuid4().hex
-                conn.execute(jobs.update().where(jobs.c.id == row.id, jobs.c.status == QUEUED).values(
-                    status=RUNNING, attempt=jobs.c.attempt + 1, run_token=token, lease_owner=worker_id,
-                    lease_expires_at=now + lease_seconds, started_at=now, updated_at=now,
-                    progress=0.0, message="started"))
+                conn.execute(_CLAIM, {"token": token, "owner": worker_id, "expires": now + lease_seconds,
+                                      "now": now, "id": row.id})
                 per_kind[row.kind] += 1
                 per_pair[(row.kind, row.owner_id)] += 1
-                claimed.append(as_dict(conn.execute(sa.select(jobs).where(jobs.c.id == row.id)).first()))
+                job = as_dict(row)
+                job.update(status=RUNNING, attempt=row.attempt + 1, run_token=token, lease_owner=worker_id,
+                           lease_expires_at=now + lease_seconds, started_at=now, updated_at=now,
+                           progress=0.0, message="started")
+                claimed.append(job)
             return claimed
         return database.write(self.engine, tx)
 
+    def _next_claimable(self, conn, now, policies, per_kind, per_pair):
+        # Kinds this worker does not know (a newer kind during a rolling upgrade) are skipped
+        # here rather than filtered in SQL: "kind IN (...)" tempts the planner into the kind
+        # index, which also holds every finished job.
+        for row in conn.execute(self._next_query(now, policies, per_kind, per_pair)):
+            if row.kind in policies:
+                return row
+        return None
+
     @staticmethod
-    def _next_query(now, policies, per_kind, per_pair):
-        cond = [jobs.c.status == QUEUED, jobs.c.run_after <= now, jobs.c.kind.in_(list(policies))]
+    def _next_query(now, policies, per_kind, per_pair, batch: int = 16):
+        cond = [jobs.c.status == QUEUED, jobs.c.run_after <= now]
         full_kinds = [k for k, p in policies.items()
                       if p.global_limit is not None and per_kind[k] >= p.global_limit]
         if full_kinds:
@@ -70,8 +98,8 @@ class ClaimStore:
             p = policies.get(kind)
             if p is not None and p.per_user_limit is not None and count >= p.per_user_limit:
                 cond.append(sa.not_(sa.and_(jobs.c.kind == kind, jobs.c.owner_id == owner)))
-        return (sa.select(jobs.c.id, jobs.c.kind, jobs.c.owner_id).where(*cond)
-                .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id).limit(1))
+        return (sa.select(jobs).where(*cond)
+                .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id).limit(batch))
 
     def renew(self, tokens: dict[str, str], lease_seconds: float) -> set[str]:
         """Extend the leases of running executions; returns the job ids this worker lost."""
@@ -82,9 +110,7 @@ class ClaimStore:
             now = self.clock()
             lost = set()
             for job_id, token in tokens.items():
-                res = conn.execute(jobs.update().where(
-                    jobs.c.id == job_id, jobs.c.run_token == token, jobs.c.status == RUNNING)
-                    .values(lease_expires_at=now + lease_seconds))
+                res = conn.execute(_RENEW, {"expires": now + lease_seconds, "id": job_id, "token": token})
                 if res.rowcount == 0:
                     lost.add(job_id)
             return lost
@@ -102,45 +128,37 @@ class ClaimStore:
 
     def progress(self, job_id: str, token: str, percent: float, message: str | None) -> bool:
         def tx(conn):
-            res = conn.execute(jobs.update().where(
-                jobs.c.id == job_id, jobs.c.run_token == token, jobs.c.status == RUNNING)
-                .values(progress=percent, message=(message or "")[:500], updated_at=self.clock()))
+            res = conn.execute(_PROGRESS, {"progress": percent, "message": (message or "")[:500],
+                                           "now": self.clock(), "id": job_id, "token": token})
             return res.rowcount == 1
         return database.write(self.engine, tx)
 
     def finish(self, job_id: str, token: str, status: JobStatus, *, result=None, error_code=None,
                error_message=None, files: list[dict] = (), duration: float | None = None,
-               message: str | None = None) -> bool:
-        """Record a final state; False if this execution no longer owns the job."""
+               message: str | None = None, kind: str | None = None) -> bool:
+        """Record a final state; False if this execution no longer owns the job.
+        ``kind`` with ``duration`` feeds the kind's average run time (for ETAs)."""
         def tx(conn):
             now = self.clock()
-            values = dict(status=status.value, result=result, error_code=error_code,
-                          error_message=error_message, finished_at=now, updated_at=now,
-                          lease_owner=None, lease_expires_at=None, message=message)
-            if status == JobStatus.SUCCEEDED:
-                values["progress"] = 100.0
-            res = conn.execute(jobs.update().where(
-                jobs.c.id == job_id, jobs.c.run_token == token, jobs.c.status == RUNNING).values(**values))
+            res = conn.execute(_FINISH, {
+                "status": status.value, "result": result, "error_code": error_code,
+                "error_message": error_message, "now": now, "message": message,
+                "succeeded": status == JobStatus.SUCCEEDED, "id": job_id, "token": token})
             if res.rowcount != 1:
                 return False
-            conn.execute(job_files.delete().where(job_files.c.job_id == job_id))
-            for f in files:
-                conn.execute(job_files.insert().values(job_id=job_id, created_at=now, **f))
-            if status == JobStatus.SUCCEEDED and duration is not None:
-                kind = conn.execute(sa.select(jobs.c.kind).where(jobs.c.id == job_id)).scalar_one()
+            if files:
+                conn.execute(job_files.insert(), [dict(job_id=job_id, created_at=now, **f) for f in files])
+            if status == JobStatus.SUCCEEDED and duration is not None and kind:
                 self._record_duration(conn, kind, duration, now)
             return True
         return database.write(self.engine, tx)
 
     @staticmethod
     def _record_duration(conn, kind: str, seconds: float, now: float) -> None:
-        row = conn.execute(sa.select(kind_stats).where(kind_stats.c.kind == kind)).first()
-        if row is None:
+        res = conn.execute(_AVERAGE, {"keep": 1 - EWMA_WEIGHT, "weight": EWMA_WEIGHT, "seconds": seconds,
+                                      "now": now, "kind": kind})
+        if res.rowcount == 0:
             conn.execute(kind_stats.insert().values(kind=kind, avg_seconds=seconds, samples=1, updated_at=now))
-        else:
-            avg = row.avg_seconds * (1 - EWMA_WEIGHT) + seconds * EWMA_WEIGHT
-            conn.execute(kind_stats.update().where(kind_stats.c.kind == kind).values(
-                avg_seconds=avg, samples=row.samples + 1, updated_at=now))
 
     def requeue(self, job_id: str, token: str, *, run_after: float, error_code: str | None = None,
                 error_message: str | None = None, refund_attempt: bool = False, message: str = "") -> bool:

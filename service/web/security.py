@@ -1,7 +1,7 @@
 """JWT wiring: who the token's user is, whether it was revoked, and JSON answers for token errors."""
 from __future__ import annotations
 
-from flask import current_app
+from flask import current_app, g
 
 from service.extensions import jwt
 from service.web.errors import error_response
@@ -16,18 +16,28 @@ def init_app(app) -> None:
     def _identity(user):
         return str(user["id"] if isinstance(user, dict) else user)
 
-    @jwt.user_lookup_loader
-    def _lookup(_header, payload):
+    def _token_owner(payload) -> tuple[dict | None, bool]:
+        """The blocklist check and the user lookup share one read per request."""
+        cached = g.get("ilgun_token_owner")
+        if cached is not None and cached[0] == payload["jti"]:
+            return cached[1]
         try:
             user_id = int(payload["sub"])
         except (TypeError, ValueError):
-            return None
-        user = _users().get(user_id)
+            answer = (None, _users().is_revoked(payload["jti"]))
+        else:
+            answer = _users().token_owner(user_id, payload["jti"])
+        g.ilgun_token_owner = (payload["jti"], answer)
+        return answer
+
+    @jwt.user_lookup_loader
+    def _lookup(_header, payload):
+        user, _revoked = _token_owner(payload)
         return user if user and user["is_active"] else None
 
     @jwt.token_in_blocklist_loader
     def _revoked(_header, payload) -> bool:
-        return _users().is_revoked(payload["jti"])
+        return _token_owner(payload)[1]
 
     @jwt.expired_token_loader
     def _expired(_header, _payload):
