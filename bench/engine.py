@@ -6,13 +6,18 @@ N no-op jobs per system, submitted by C client threads while the workers run the
   ilgun-in-process  the same server; a separate process calls JobService.submit (no HTTP)
   rq                2 rq SimpleWorker processes, Redis db 15
   celery            1 Celery worker, threads pool, concurrency 2, Redis db 14 (broker + backend)
+  flask-floor       reference row "flask+gunicorn floor": bench/floor_app.py under the same
+                    gunicorn profile, POSTed to by the same client code as ilgun-http; it parses,
+                    checks the token and answers 202, no job: submits only, the HTTP ceiling
 
 Prints one table (jobs/s from first submit to last finish, the ratio to Celery, and the
-submit -> start latency) and writes it all as JSON to bench/results/engine-<timestamp>.json.
+submit -> start latency), how much of the floor ilgun-http reaches, and writes it all as JSON
+to bench/results/engine-<timestamp>.json.
 
     python bench/engine.py --quick          # ~300 jobs per system
     python bench/engine.py                  # 2000 jobs per system
     python bench/engine.py --poll-interval default --poll-interval 0.05   # ilgun at both
+    python bench/engine.py --systems ilgun-http,flask-floor                # a subset
 
 Only 127.0.0.1 is contacted. Every process started is stopped on exit, Ctrl-C included.
 """
@@ -32,17 +37,18 @@ from pathlib import Path
 from bench_support import (BENCH_DIR, REPO_ROOT, BenchError, interrupt_on_signals,
                            stop_all_processes)
 
-SYSTEMS = ("ilgun-http", "ilgun-in-process", "rq", "celery")
+SYSTEMS = ("ilgun-http", "ilgun-in-process", "rq", "celery", "flask-floor")
 QUICK_JOBS = 300
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="ilgun's job engine vs RQ and Celery (no-op jobs, local Redis).")
+    p = argparse.ArgumentParser(description="ilgun's job engine vs RQ and Celery (no-op jobs, local Redis), "
+                                            "with the flask+gunicorn floor as the HTTP ceiling.")
     p.add_argument("--jobs", type=int, default=2000, help="jobs per system (default 2000)")
     p.add_argument("--quick", action="store_true", help=f"{QUICK_JOBS} jobs per system (overrides --jobs)")
     p.add_argument("--clients", type=int, default=8, help="submitting client threads (default 8)")
     p.add_argument("--systems", default=",".join(SYSTEMS),
-                   help=f"comma-separated subset of {','.join(SYSTEMS)}")
+                   help=f"comma-separated subset of {','.join(SYSTEMS)} (default: all)")
     p.add_argument("--poll-interval", action="append", metavar="SECONDS|default",
                    help="ilgun POLL_INTERVAL; repeat to run ilgun at several (default: the service's, 0.5)")
     p.add_argument("--profile", default="medium", help="ILGUN_PROFILE for gunicorn (default medium: 2 cores)")
@@ -72,6 +78,7 @@ def _ilgun_label(system: str, poll: float | None) -> str:
 
 def run_all(args: argparse.Namespace, log_dir: Path) -> list[dict]:
     from ilgun_runner import IlgunOptions, run_http, run_in_process
+    from floor_runner import LABEL as FLOOR_LABEL, FloorOptions, run_floor
     from peer_runners import PeerOptions, run_celery, run_rq
 
     rows = []
@@ -79,7 +86,10 @@ def run_all(args: argparse.Namespace, log_dir: Path) -> list[dict]:
     for system in [s for s in SYSTEMS if s in args.systems]:
         print(f"== {system}", file=sys.stderr, flush=True)
         try:
-            if system in runners:
+            if system == "flask-floor":
+                rows.append(run_floor(FloorOptions(jobs=args.jobs, clients=args.clients, timeout=args.timeout,
+                                                   log_dir=log_dir, profile=args.profile), system=FLOOR_LABEL))
+            elif system in runners:
                 for poll in args.poll_intervals:
                     opts = IlgunOptions(jobs=args.jobs, clients=args.clients, timeout=args.timeout,
                                         log_dir=log_dir, profile=args.profile, poll_interval=poll,
@@ -90,12 +100,44 @@ def run_all(args: argparse.Namespace, log_dir: Path) -> list[dict]:
                 rows.append((run_rq if system == "rq" else run_celery)(opts, dict(os.environ)))
         except BenchError as exc:
             print(f"\n{system} FAILED: {exc}", file=sys.stderr, flush=True)
-            rows.append({"system": system, "jobs": args.jobs, "error": str(exc)[:2000]})
+            rows.append({"system": FLOOR_LABEL if system == "flask-floor" else system, "jobs": args.jobs,
+                         "error": str(exc)[:2000], "notes": {"submits_only": system == "flask-floor"}})
     celery = next((r for r in rows if r["system"] == "celery" and r.get("jobs_per_s")), None)
     for r in rows:
         r["ratio_vs_celery"] = (round(r["jobs_per_s"] / celery["jobs_per_s"], 3)
                                 if celery and r.get("jobs_per_s") else None)
     return rows
+
+
+FLOOR_FOOTNOTE = ("* submits only: no job runs. Its jobs/s is HTTP requests/s (N POSTs to a Flask app that only "
+                  "parses the body,\n  checks the bearer token and answers 202, under the same gunicorn profile and "
+                  "client code as ilgun-http):\n  an upper bound for any Flask+gunicorn service on this machine.")
+
+
+def _is_floor(row: dict) -> bool:
+    return bool(row.get("notes", {}).get("submits_only"))
+
+
+def floor_comparison(rows: list[dict]) -> list[dict]:
+    """ilgun-http's jobs/s as a share of the flask+gunicorn floor's requests/s (one per ilgun-http row)."""
+    floor = next((r for r in rows if _is_floor(r) and r.get("jobs_per_s")), None)
+    if floor is None:
+        return []
+    out = []
+    for r in rows:
+        if r["system"].startswith("ilgun-http") and r.get("jobs_per_s"):
+            submits = r.get("submits_per_s")
+            out.append({"system": r["system"], "floor": floor["system"],
+                        "percent_of_floor": round(100 * r["jobs_per_s"] / floor["jobs_per_s"], 1),
+                        "submits_percent_of_floor": round(100 * submits / floor["jobs_per_s"], 1) if submits else None})
+    return out
+
+
+def format_floor_lines(rows: list[dict]) -> str:
+    return "\n".join(f"{c['system']} reaches {c['percent_of_floor']:.0f}% of the {c['floor']}"
+                     + (f" (jobs/s; its submits/s alone: {c['submits_percent_of_floor']:.0f}%)"
+                        if c["submits_percent_of_floor"] is not None else "")
+                     for c in floor_comparison(rows))
 
 
 def format_table(rows: list[dict]) -> str:
@@ -105,7 +147,7 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         lat = r.get("start_latency_ms", {})
         failed = (r.get("failed") or 0) + (r.get("submit_errors") or 0)
-        lines.append((r["system"], str(r["jobs"]), _fmt(r.get("jobs_per_s")),
+        lines.append((r["system"] + (" *" if _is_floor(r) else ""), str(r["jobs"]), _fmt(r.get("jobs_per_s")),
                       _fmt(r.get("ratio_vs_celery"), "{:.2f}x"), _fmt(lat.get("p50")), _fmt(lat.get("p99")),
                       _fmt(r.get("submits_per_s")), _fmt(r.get("worker_cpu_ms_per_job"), "{:.2f}"),
                       "ERROR" if r.get("error") else str(failed), _fmt(r.get("loadavg_1m_at_end"))))
@@ -114,6 +156,8 @@ def format_table(rows: list[dict]) -> str:
     out.append("  ".join("-" * w for w in widths))
     for line in lines:
         out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
+    if any(_is_floor(r) for r in rows):
+        out.append(FLOOR_FOOTNOTE)
     return "\n".join(out)
 
 
@@ -169,12 +213,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ilgun engine benchmark: {args.jobs} no-op jobs per system, {args.clients} submitting threads, "
           f"{info['cpus_usable']} usable cores (shared machine: read the ratios, not the absolutes)")
     print(table)
+    floor_lines = format_floor_lines(rows)
+    if floor_lines:
+        print(floor_lines)
     print(f"\nreproduce: {command}")
     result = {"started_at": datetime.fromtimestamp(started).isoformat(timespec="seconds"),
               "duration_s": round(time.time() - started, 1), "command": command,
               "settings": {"jobs": args.jobs, "clients": args.clients, "profile": args.profile,
                            "poll_intervals": args.poll_intervals, "database_url": args.database_url or None},
-              "machine": info, "table": table, "results": rows, "logs": str(log_dir)}
+              "machine": info, "table": table, "ilgun_http_vs_floor": floor_comparison(rows), "results": rows,
+              "logs": str(log_dir)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"results: {out}\nlogs:    {log_dir}")

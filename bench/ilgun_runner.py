@@ -39,7 +39,32 @@ class IlgunOptions:
     keep_data: bool = False
 
 
-class IlgunServer:
+class HttpClient:
+    """The submitting side of ilgun-http, shared with the flask+gunicorn floor
+    (bench/floor_runner.py) so both are driven by the same code: one requests.Session per
+    client thread carrying ``Authorization: Bearer <token>``, and ``POST /api/v1/jobs``.
+    Subclasses set ``base``, ``token`` and ``_local`` (a threading.local)."""
+    base: str
+    token: str | None
+
+    def _session(self) -> requests.Session:
+        s = getattr(self._local, "session", None)
+        if s is None:
+            s = self._local.session = requests.Session()
+            s.headers["Authorization"] = f"Bearer {self.token}"
+        return s
+
+    def api(self, method: str, path: str, **kwargs) -> dict:
+        r = self._session().request(method, self.base + path, timeout=HTTP_TIMEOUT, **kwargs)
+        if r.status_code >= 400:
+            raise BenchError(f"{method} {path} -> {r.status_code}: {r.text[:200]}")
+        return r.json()["data"]
+
+    def submit_http(self, _i: int) -> str:
+        return self.api("POST", "/api/v1/jobs", json=NOOP_JOB)["id"]
+
+
+class IlgunServer(HttpClient):
     """One gunicorn serving ilgun on a free loopback port, with its own data dir."""
 
     def __init__(self, opts: IlgunOptions, label: str):
@@ -107,23 +132,7 @@ class IlgunServer:
         r.raise_for_status()
         return r.json()["data"]["access_token"]
 
-    # -- HTTP -----------------------------------------------------------------------------
-    def _session(self) -> requests.Session:
-        s = getattr(self._local, "session", None)
-        if s is None:
-            s = self._local.session = requests.Session()
-            s.headers["Authorization"] = f"Bearer {self.token}"
-        return s
-
-    def api(self, method: str, path: str, **kwargs) -> dict:
-        r = self._session().request(method, self.base + path, timeout=HTTP_TIMEOUT, **kwargs)
-        if r.status_code >= 400:
-            raise BenchError(f"{method} {path} -> {r.status_code}: {r.text[:200]}")
-        return r.json()["data"]
-
-    def submit_http(self, _i: int) -> str:
-        return self.api("POST", "/api/v1/jobs", json=NOOP_JOB)["id"]
-
+    # -- HTTP (submitting: HttpClient) ---------------------------------------------------
     def stats(self) -> dict:
         return self.api("GET", "/api/v1/stats")
 

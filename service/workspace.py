@@ -99,14 +99,17 @@ class Workspace:
         lock_dir.mkdir(parents=True, exist_ok=True)
         return FileLock(str(lock_dir / f"{_check_job_id(job_id)}.lock"))
 
-    def prepare_attempt(self, owner_id: int, job_id: str) -> tuple[Path, Path]:
-        """Start an attempt from a clean folder: leftovers of a dead attempt are removed."""
-        job = self.job_dir(owner_id, job_id)
-        shutil.rmtree(job, ignore_errors=True)
-        out, tmp = job / "out", job / "tmp"
-        out.mkdir(parents=True)
-        tmp.mkdir()
-        return out, tmp
+    def forget_job_lock(self, job_id: str) -> None:
+        """Remove a job's lock file; only for a job no execution will lock again."""
+        try:
+            os.unlink(self.root / "locks" / f"{_check_job_id(job_id)}.lock")
+        except OSError:
+            pass
+
+    def reset_attempt(self, owner_id: int, job_id: str) -> None:
+        """Start an attempt from a clean slate: leftovers of a dead attempt are removed. The
+        folders themselves are made when the job first writes (RunContext)."""
+        shutil.rmtree(self.job_dir(owner_id, job_id), ignore_errors=True)
 
     def discard_tmp(self, owner_id: int, job_id: str) -> None:
         shutil.rmtree(self.tmp_dir(owner_id, job_id), ignore_errors=True)
@@ -119,7 +122,4 @@ class Workspace:
                 shutil.rmtree(self.job_dir(owner_id, job_id), ignore_errors=True)
         except Timeout:
             shutil.rmtree(self.job_dir(owner_id, job_id), ignore_errors=True)
-        try:
-            os.unlink(lock.lock_file)
-        except OSError:
-            pass
+        self.forget_job_lock(job_id)

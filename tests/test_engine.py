@@ -168,3 +168,38 @@ def test_startup_sweep_recovers_jobs_of_a_dead_worker(app, admin):
     start_worker_runtime(app)
     done = admin.wait(job["id"], timeout=5)
     assert done["status"] == "succeeded" and done["attempt"] == 2
+
+
+def test_finished_jobs_leave_no_lock_files_or_empty_folders(app, admin, dispatcher):
+    svc = app.extensions["ilgun"]
+    ids = [admin.submit("sleep", {"duration": 0}).get_json()["data"]["id"] for _ in range(5)]
+    failing = admin.submit("sleep", {"duration": 0, "fail": "permanent"}).get_json()["data"]["id"]
+    kept = admin.submit("sleep", {"duration": 0, "write_file": True}).get_json()["data"]
+    for job_id in ids + [failing, kept["id"]]:
+        admin.wait(job_id)
+    locks = svc.workspace.root / "locks"
+    assert not locks.exists() or list(locks.iterdir()) == []
+    jobs_root = svc.workspace.user_dir(kept["owner_id"]) / "jobs"
+    assert [p.name for p in jobs_root.iterdir()] == [kept["id"]]  # only the job with a file
+
+
+def test_stop_hands_back_a_job_claimed_just_before_the_stop(app_factory, monkeypatch):
+    """The claim commits (the API shows running) a moment before the dispatcher registers the
+    job; a stop in that window must still hand it back, not leave it to lease expiry."""
+    from service.engine.dispatcher import Dispatcher
+    from service.runtime import start_worker_runtime, stop_worker_runtime
+    register = Dispatcher._start
+
+    def slow_register(self, job):
+        time.sleep(0.5)  # widen the window between the claim and the registration
+        register(self, job)
+
+    monkeypatch.setattr(Dispatcher, "_start", slow_register)
+    app = app_factory()
+    admin = sign_up(app, app.test_client(), "admin", role="admin")
+    start_worker_runtime(app)
+    job = admin.submit("sleep", {"duration": 5, "steps": 10}).get_json()["data"]
+    admin.wait(job["id"], until=("running",))
+    assert stop_worker_runtime(app, timeout=0.1) == [job["id"]]
+    back = admin.get(f"/api/v1/jobs/{job['id']}").get_json()["data"]
+    assert back["status"] == "queued" and back["attempt"] == 0

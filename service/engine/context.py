@@ -67,8 +67,8 @@ class RunContext:
         self.attempt: int = job["attempt"]
         self.token: str = job["run_token"]
         self.config = config
-        self.workspace = out_dir
-        self.tmp_dir = tmp_dir
+        self._out_dir = out_dir
+        self._tmp_dir = tmp_dir
         self.log = logging.getLogger(f"ilgun.job.{self.kind}")
         self.started_monotonic = time.monotonic()
         self.stop_reason: str | None = None
@@ -79,6 +79,19 @@ class RunContext:
         self._last_write = self.started_monotonic
         self._pending: tuple[float, str | None] | None = None
         self._hashes: dict[str, str] = {}
+        self.final_recorded = False  # set by the engine once this execution wrote a final state
+
+    # -- folders (made on first use: most jobs of some kinds write nothing) -----------------
+    @property
+    def workspace(self) -> Path:
+        """The job's output folder: every file left here is a result file."""
+        self._out_dir.mkdir(parents=True, exist_ok=True)
+        return self._out_dir
+
+    @property
+    def tmp_dir(self) -> Path:
+        self._tmp_dir.mkdir(parents=True, exist_ok=True)
+        return self._tmp_dir
 
     # -- stopping -------------------------------------------------------------------------
     @property
@@ -127,7 +140,9 @@ class RunContext:
 
     def output_files(self) -> list[dict]:
         files = []
-        for path in sorted(self.workspace.iterdir()):
+        if not self._out_dir.is_dir():
+            return files
+        for path in sorted(self._out_dir.iterdir()):
             if not path.is_file() or path.is_symlink():
                 continue
             sha = self._hashes.get(path.name) or _sha256_file(path)

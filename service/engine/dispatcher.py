@@ -83,36 +83,43 @@ class Dispatcher:
 
     def stop(self, timeout: float = 25.0) -> list[str]:
         """Stop claiming, let running jobs finish for up to ``timeout`` seconds, then hand
-        the rest back to the queue. Returns the ids handed back."""
+        the rest back to the queue. Returns the ids of the jobs asked to hand themselves back
+        (one that completed in that last moment still counts as completed)."""
         self._accepting = False
         self._stopping.set()
         self._wake.set()
+        # A claim that committed just now is only registered in _active when the claim loop
+        # gets to it: wait for the loop to end so no such job escapes the hand-back.
+        if self._threads:
+            self._threads[0].join(timeout=10)
         deadline = time.monotonic() + max(0.0, timeout)
         while self.active_ids() and time.monotonic() < deadline:
             time.sleep(0.05)
-        handed_back = []
-        with self._lock:
-            remaining = list(self._active.values())
-        for ctx in remaining:
-            ctx.request_stop("shutdown")
-        # The kinds notice the flag within about a second and requeue themselves; anything
-        # still running after that is requeued here (its later writes are fenced by run_token).
+        # Ask what is still running to hand itself back; kinds notice within about a second.
+        # Asked again on every pass: a job claimed for a slot as its predecessor finished
+        # may have been swapped in meanwhile.
+        asked: set[str] = set()
         grace = time.monotonic() + 2.0
-        while self.active_ids() and time.monotonic() < grace:
+        while time.monotonic() < grace:
+            contexts = self._contexts()
+            if not contexts:
+                break
+            for job_id, ctx in contexts.items():
+                ctx.request_stop("shutdown")
+                asked.add(job_id)
             time.sleep(0.05)
-        with self._lock:
-            stuck = list(self._active.values())
-        for ctx in stuck:
-            if self._safe(self.claims.requeue, ctx.job_id, ctx.token, run_after=time.time(),
-                          refund_attempt=True, message="handed back: worker shutting down"):
-                handed_back.append(ctx.job_id)
-        handed_back += [c.job_id for c in remaining if c not in stuck]
+        # Anything still running now is requeued here; its later writes are fenced by run_token.
+        for ctx in self._contexts().values():
+            asked.add(ctx.job_id)
+            self._safe(self.claims.requeue, ctx.job_id, ctx.token, run_after=time.time(),
+                       refund_attempt=True, message="handed back: worker shutting down")
         self._monitor_stop.set()
         for t in self._threads:
             t.join(timeout=2)
         if self._executor:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._safe(self.workers.remove, self.worker_id)
+        handed_back = sorted(asked)
         log.info("dispatcher %s stopped; handed back %d job(s)", self.worker_id, len(handed_back))
         return handed_back
 
@@ -138,16 +145,25 @@ class Dispatcher:
                     self._start(job)
             self._wake.wait(self.poll_interval)
 
-    def _start(self, job: dict) -> None:
+    def _context(self, job: dict) -> RunContext:
         out_dir = self.workspace.output_dir(job["owner_id"], job["id"])
         tmp_dir = self.workspace.tmp_dir(job["owner_id"], job["id"])
-        ctx = RunContext(job, self.config, out_dir, tmp_dir, self.claims.progress)
+        return RunContext(job, self.config, out_dir, tmp_dir, self.claims.progress)
+
+    def _start(self, job: dict) -> None:
+        ctx = self._context(job)
         with self._lock:
             self._active[job["id"]] = ctx
         self._executor.submit(self._execute, job, ctx)
 
     # -- executing ------------------------------------------------------------------------
     def _execute(self, job: dict, ctx: RunContext) -> None:
+        """Run a job, then any job claimed for this slot when it finished."""
+        while job is not None:
+            job, ctx = self._execute_one(job, ctx)
+
+    def _execute_one(self, job: dict, ctx: RunContext) -> tuple[dict | None, RunContext | None]:
+        next_job = next_ctx = None
         lock = self.workspace.job_lock(job["id"])
         try:
             try:
@@ -157,22 +173,38 @@ class Dispatcher:
                 # it lost the lease and let go. Try again shortly.
                 self.claims.requeue(job["id"], ctx.token, run_after=time.time() + 5, refund_attempt=True,
                                     message="waiting for a previous attempt to release its files")
-                return
+                return None, None
             try:
-                self._run_kind(job, ctx)
+                next_job = self._run_kind(job, ctx)
             finally:
                 lock.release()
+            if ctx.final_recorded:
+                # No other execution can want this lock any more (a takeover would have fenced
+                # our final write), so the file can go: otherwise one is left per job forever.
+                self.workspace.forget_job_lock(job["id"])
         except Exception:
             log.exception("job %s: engine error", job["id"])
         finally:
+            # the slot passes from this job to the next in one step, so the claim loop never
+            # counts it free while it is not
+            if next_job is not None:
+                next_ctx = self._context(next_job)
+                if self._stopping.is_set():  # claimed while the worker began to stop
+                    next_ctx.request_stop("shutdown")
             with self._lock:
                 self._active.pop(job["id"], None)
-            self._wake.set()
+                if next_ctx is not None:
+                    self._active[next_job["id"]] = next_ctx
+            if next_job is None:
+                self._wake.set()
+        return next_job, next_ctx
 
-    def _run_kind(self, job: dict, ctx: RunContext) -> None:
+    def _run_kind(self, job: dict, ctx: RunContext) -> dict | None:
+        """Run the kind and record the outcome; returns the next job if one was claimed for
+        this slot in the same transaction as a success."""
         kind = self.kinds[job["kind"]]
         owner, job_id = job["owner_id"], job["id"]
-        self.workspace.prepare_attempt(owner, job_id)
+        self.workspace.reset_attempt(owner, job_id)
         started = time.monotonic()
         try:
             result = kind.run(ctx)
@@ -183,8 +215,15 @@ class Dispatcher:
                 self.workspace.discard_tmp(owner, job_id)
             else:  # nothing to keep: leave no empty folders behind
                 shutil.rmtree(self.workspace.job_dir(owner, job_id), ignore_errors=True)
-            self.claims.finish(job_id, ctx.token, JobStatus.SUCCEEDED, result=result, files=files,
-                               duration=time.monotonic() - started, kind=job["kind"], message="done")
+            outcome = dict(result=result, files=files, duration=time.monotonic() - started,
+                           kind=job["kind"], message="done")
+            if not self._accepting:
+                ctx.final_recorded = self.claims.finish(job_id, ctx.token, JobStatus.SUCCEEDED, **outcome)
+                return None
+            ctx.final_recorded, next_job = self.claims.finish_and_claim(
+                job_id, ctx.token, JobStatus.SUCCEEDED,
+                claim_for=(self.worker_id, self.policies, self.lease_seconds), **outcome)
+            return next_job
         except JobCancelled:
             self._stopped(job, ctx)
         except TransientJobError as exc:
@@ -196,17 +235,19 @@ class Dispatcher:
                                     error_message=exc.message,
                                     message=f"retrying in {delay:.1f}s after {exc.code}")
             else:
-                self.claims.finish(job_id, ctx.token, JobStatus.FAILED, error_code=exc.code,
-                                   error_message=exc.message, result=_details(exc))
+                ctx.final_recorded = self.claims.finish(job_id, ctx.token, JobStatus.FAILED, error_code=exc.code,
+                                                        error_message=exc.message, result=_details(exc))
         except JobFailed as exc:
             self._discard(job, ctx)
-            self.claims.finish(job_id, ctx.token, JobStatus.FAILED, error_code=exc.code,
-                               error_message=exc.message, result=_details(exc))
+            ctx.final_recorded = self.claims.finish(job_id, ctx.token, JobStatus.FAILED, error_code=exc.code,
+                                                    error_message=exc.message, result=_details(exc))
         except Exception as exc:  # a bug in a kind must not take the worker down
             log.exception("job %s (%s) crashed", job_id, job["kind"])
             self._discard(job, ctx)
-            self.claims.finish(job_id, ctx.token, JobStatus.FAILED, error_code="INTERNAL_ERROR",
-                               error_message=f"The job failed unexpectedly ({type(exc).__name__}).")
+            ctx.final_recorded = self.claims.finish(
+                job_id, ctx.token, JobStatus.FAILED, error_code="INTERNAL_ERROR",
+                error_message=f"The job failed unexpectedly ({type(exc).__name__}).")
+        return None
 
     def _stopped(self, job: dict, ctx: RunContext) -> None:
         reason = ctx.stop_reason
@@ -217,10 +258,11 @@ class Dispatcher:
             self.claims.requeue(job["id"], ctx.token, run_after=time.time(), refund_attempt=True,
                                 message="handed back: worker shutting down")
         elif reason == "timeout":
-            self.claims.finish(job["id"], ctx.token, JobStatus.FAILED, error_code="TIMEOUT",
-                               error_message=f"The job ran longer than {job['timeout_seconds']:.0f}s.")
+            ctx.final_recorded = self.claims.finish(
+                job["id"], ctx.token, JobStatus.FAILED, error_code="TIMEOUT",
+                error_message=f"The job ran longer than {job['timeout_seconds']:.0f}s.")
         else:
-            self.claims.finish(job["id"], ctx.token, JobStatus.CANCELLED, message="cancelled")
+            ctx.final_recorded = self.claims.finish(job["id"], ctx.token, JobStatus.CANCELLED, message="cancelled")
 
     def _discard(self, job: dict, ctx: RunContext) -> None:
         """Remove the attempt's partial and output files."""
