@@ -282,3 +282,34 @@ def test_fresh_database_gets_planner_stats_that_pick_the_partial_indexes(engine,
     listing = plan(sa.select(jobs).where(jobs.c.owner_id == users[0]).order_by(jobs.c.created_at.desc()).limit(20))
     assert "ix_jobs_owner_created" in listing and "TEMP B-TREE" not in listing, listing
     fresh.dispose()
+
+
+def test_a_burst_of_50_writers_never_sees_database_is_locked(db_url, users):
+    """50 threads, each with its own engine (like separate processes), submit and claim at
+    once: every write waits its turn; none fails with "database is locked"."""
+    errors, done = [], []
+    barrier = threading.Barrier(50)
+
+    def writer(n):
+        engine = database.make_engine(db_url)
+        store, claims = JobStore(engine), ClaimStore(engine)
+        try:
+            barrier.wait()
+            for _ in range(4):
+                store.submit(users[n % 3], SLEEP, {"n": n}, BOUNDS)
+                claims.claim(f"w{n}", 1, {"sleep": SLEEP}, 30)
+            done.append(n)
+        except Exception as exc:  # noqa: BLE001 - any failure is the finding
+            errors.append(repr(exc))
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == [] and len(done) == 50
+    check = database.make_engine(db_url)
+    assert JobStore(check).counts(None)["sleep"] == {"running": 200}
+    check.dispose()

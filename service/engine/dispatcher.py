@@ -208,7 +208,8 @@ class Dispatcher:
         started = time.monotonic()
         try:
             result = kind.run(ctx)
-            ctx.flush_progress()
+            # No flush of the last progress report: the finish writes 100 % and "done" in the
+            # same transaction, and each write costs a turn at SQLite's single write lock.
             ctx.check_cancelled()
             files = ctx.output_files()
             if files:
