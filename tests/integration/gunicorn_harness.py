@@ -82,21 +82,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def child_pids(ppid: int) -> set[int]:
-    """Live (non-zombie) children of ``ppid``, read from /proc."""
-    out = set()
+def _proc_stats():
+    """(pid, fields after the command name) of every process, from /proc/<pid>/stat:
+    fields[0] is the state, [1] the parent pid, [2] the process group."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read().decode(errors="replace")
+                yield int(entry), f.read().decode(errors="replace").rsplit(")", 1)[-1].split()
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) >= 2 and fields[0] != "Z" and int(fields[1]) == ppid:
-            out.add(int(entry))
-    return out
+
+
+def child_pids(ppid: int) -> set[int]:
+    """Live (non-zombie) children of ``ppid``."""
+    return {pid for pid, fields in _proc_stats()
+            if len(fields) >= 2 and fields[0] != "Z" and int(fields[1]) == ppid}
 
 
 def pid_alive(pid: int) -> bool:
@@ -109,18 +111,9 @@ def pid_alive(pid: int) -> bool:
 
 
 def group_members(pgid: int) -> set[int]:
-    out = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().decode(errors="replace").rsplit(")", 1)[-1].split()
-        except OSError:
-            continue
-        if len(fields) >= 3 and fields[0] != "Z" and int(fields[2]) == pgid:
-            out.add(int(entry))
-    return out
+    """Live (non-zombie) members of process group ``pgid``."""
+    return {pid for pid, fields in _proc_stats()
+            if len(fields) >= 3 and fields[0] != "Z" and int(fields[2]) == pgid}
 
 
 # --- HTTP client ------------------------------------------------------------------------------
