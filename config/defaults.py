@@ -31,6 +31,7 @@ QUEUE_RETRY_AFTER = 5              # seconds, sent in Retry-After
 KIND_LIMITS = {}
 SLEEP_KIND_FOR_EVERYONE = False    # the sleep kind is admin-only unless this is set
 SHUTDOWN_GRACE = 25.0              # seconds running jobs get to finish when a worker leaves
+TIMEOUT_GRACE = 30.0               # a job past its timeout that ignores the stop is failed after this
 START_DISPATCHER = False           # start a dispatcher in create_app (gunicorn's hooks do it otherwise)
 
 # --- HTTP ------------------------------------------------------------------------------------

@@ -203,3 +203,36 @@ def test_stop_hands_back_a_job_claimed_just_before_the_stop(app_factory, monkeyp
     assert stop_worker_runtime(app, timeout=0.1) == [job["id"]]
     back = admin.get(f"/api/v1/jobs/{job['id']}").get_json()["data"]
     assert back["status"] == "queued" and back["attempt"] == 0
+
+
+def test_a_kind_that_ignores_its_timeout_is_recorded_failed_anyway(app_factory, monkeypatch):
+    """Threads cannot be killed; the job must still not look running forever."""
+    import service.jobs_service as jobs_service
+    from service.engine.kind import JobKind
+    from service.runtime import start_worker_runtime
+
+    class Stubborn(JobKind):
+        name = "stubborn"
+
+        def validate(self, params, config):
+            return {}
+
+        def run(self, ctx):
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:  # never looks at ctx.cancelled
+                time.sleep(0.01)
+            return {"late": True}
+
+    app = app_factory(KIND_LIMITS={"stubborn": {"timeout": 0.3}}, TIMEOUT_GRACE=0.5)
+    svc = app.extensions["ilgun"]
+    svc.kinds = {**svc.kinds, "stubborn": Stubborn()}
+    monkeypatch.setattr(jobs_service, "get_kind", lambda name: svc.kinds[name])
+    admin = sign_up(app, app.test_client(), "admin", role="admin")
+    start_worker_runtime(app)
+    job = admin.submit("stubborn").get_json()["data"]
+    started = time.monotonic()
+    done = admin.wait(job["id"], timeout=5)
+    assert done["status"] == "failed" and done["error"]["code"] == "TIMEOUT"
+    assert time.monotonic() - started < 2.5  # before the kind itself returned
+    time.sleep(3)  # the thread returns late: its result must not overwrite the record
+    assert admin.get(f"/api/v1/jobs/{job['id']}").get_json()["data"]["status"] == "failed"

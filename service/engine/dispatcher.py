@@ -54,6 +54,7 @@ class Dispatcher:
         self.lease_seconds = float(config.get("LEASE_SECONDS", 30))
         self.poll_interval = float(config.get("POLL_INTERVAL", 0.5))
         self.sweep_interval = float(config.get("SWEEP_INTERVAL", 5))
+        self.timeout_grace = float(config.get("TIMEOUT_GRACE", 30))
         self.claims = ClaimStore(engine)
         self.workers = WorkerStore(engine)
         self.policies = {name: policy_for(k, config) for name, k in self.kinds.items()}
@@ -299,6 +300,13 @@ class Dispatcher:
             timeout = self.policies[ctx.kind].timeout_seconds
             if timeout and now - ctx.started_monotonic > timeout:
                 ctx.request_stop("timeout")
+                if now - ctx.started_monotonic > timeout + self.timeout_grace and not ctx.final_recorded:
+                    # The kind ignores its stop flag. A thread cannot be killed, so it keeps its
+                    # slot until it returns, but the job must not look running forever: record
+                    # the timeout here; the run token fences whatever the thread writes later.
+                    ctx.final_recorded = self.claims.finish(
+                        job_id, ctx.token, JobStatus.FAILED, error_code="TIMEOUT",
+                        error_message=f"The job ran longer than {timeout:.0f}s and did not stop.")
 
     def _renew(self) -> None:
         active = self._contexts()
