@@ -106,9 +106,10 @@ class Workspace:
         except OSError:
             pass
 
-    def reset_attempt(self, owner_id: int, job_id: str) -> None:
-        """Start an attempt from a clean slate: leftovers of a dead attempt are removed. The
-        folders themselves are made when the job first writes (RunContext)."""
+    def discard_job_files(self, owner_id: int, job_id: str) -> None:
+        """Remove a job's folder: the leftovers of a dead attempt before a new one starts, or the
+        files of an attempt that failed, was cancelled or wrote nothing. The folders are made
+        again when a job first writes (RunContext)."""
         shutil.rmtree(self.job_dir(owner_id, job_id), ignore_errors=True)
 
     def discard_tmp(self, owner_id: int, job_id: str) -> None:

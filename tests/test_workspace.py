@@ -64,14 +64,14 @@ def test_job_dirs_are_per_user_and_need_real_job_ids(tmp_path):
             ws.job_dir(7, bad)
 
 
-def test_reset_attempt_removes_leftovers_and_remove_job(tmp_path):
+def test_discard_job_files_removes_leftovers_and_remove_job(tmp_path):
     ws, job = Workspace(tmp_path), str(uuid.uuid4())
     out, tmp = ws.output_dir(1, job), ws.tmp_dir(1, job)
     out.mkdir(parents=True)
     tmp.mkdir()
     (out / "left.txt").write_text("from a dead attempt")
     (tmp / ".x.part").write_text("partial")
-    ws.reset_attempt(1, job)
+    ws.discard_job_files(1, job)
     assert not ws.job_dir(1, job).exists()
     out.mkdir(parents=True)
     ws.remove_job(1, job)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import shutil
 import socket
 import threading
 import time
@@ -205,7 +204,7 @@ class Dispatcher:
         this slot in the same transaction as a success."""
         kind = self.kinds[job["kind"]]
         owner, job_id = job["owner_id"], job["id"]
-        self.workspace.reset_attempt(owner, job_id)
+        self.workspace.discard_job_files(owner, job_id)
         started = time.monotonic()
         try:
             result = kind.run(ctx)
@@ -216,7 +215,7 @@ class Dispatcher:
             if files:
                 self.workspace.discard_tmp(owner, job_id)
             else:  # nothing to keep: leave no empty folders behind
-                shutil.rmtree(self.workspace.job_dir(owner, job_id), ignore_errors=True)
+                self.workspace.discard_job_files(owner, job_id)
             outcome = dict(result=result, files=files, duration=time.monotonic() - started,
                            kind=job["kind"], message="done")
             if not self._accepting:
@@ -229,7 +228,7 @@ class Dispatcher:
         except JobCancelled:
             self._stopped(job, ctx)
         except TransientJobError as exc:
-            self._discard(job, ctx)
+            self.workspace.discard_job_files(job["owner_id"], job["id"])
             if job["attempt"] < job["max_attempts"] and not ctx.cancelled:
                 delay = min(MAX_BACKOFF, kind.retry_backoff_seconds * 2 ** (job["attempt"] - 1))
                 delay *= random.uniform(0.5, 1.0)
@@ -240,12 +239,12 @@ class Dispatcher:
                 ctx.final_recorded = self.claims.finish(job_id, ctx.token, JobStatus.FAILED, error_code=exc.code,
                                                         error_message=exc.message, result=_details(exc))
         except JobFailed as exc:
-            self._discard(job, ctx)
+            self.workspace.discard_job_files(job["owner_id"], job["id"])
             ctx.final_recorded = self.claims.finish(job_id, ctx.token, JobStatus.FAILED, error_code=exc.code,
                                                     error_message=exc.message, result=_details(exc))
         except Exception as exc:  # a bug in a kind must not take the worker down
             log.exception("job %s (%s) crashed", job_id, job["kind"])
-            self._discard(job, ctx)
+            self.workspace.discard_job_files(job["owner_id"], job["id"])
             ctx.final_recorded = self.claims.finish(
                 job_id, ctx.token, JobStatus.FAILED, error_code="INTERNAL_ERROR",
                 error_message=f"The job failed unexpectedly ({type(exc).__name__}).")
@@ -255,7 +254,7 @@ class Dispatcher:
         reason = ctx.stop_reason
         if reason == "lost":
             return  # another worker owns the job now; leave its files and record alone
-        self._discard(job, ctx)
+        self.workspace.discard_job_files(job["owner_id"], job["id"])
         if reason == "shutdown":
             self.claims.requeue(job["id"], ctx.token, run_after=time.time(), refund_attempt=True,
                                 message="handed back: worker shutting down")
@@ -265,10 +264,6 @@ class Dispatcher:
                 error_message=f"The job ran longer than {job['timeout_seconds']:.0f}s.")
         else:
             ctx.final_recorded = self.claims.finish(job["id"], ctx.token, JobStatus.CANCELLED, message="cancelled")
-
-    def _discard(self, job: dict, ctx: RunContext) -> None:
-        """Remove the attempt's partial and output files."""
-        shutil.rmtree(self.workspace.job_dir(job["owner_id"], job["id"]), ignore_errors=True)
 
     # -- monitoring -----------------------------------------------------------------------
     def _monitor_loop(self) -> None:

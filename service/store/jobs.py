@@ -120,14 +120,8 @@ class JobStore:
 
     # -- reads ----------------------------------------------------------------------------
     def get(self, job_id: str, owner_id: int | None) -> dict:
-        cond = [jobs.c.id == str(job_id)]
-        if owner_id is not None:
-            cond.append(jobs.c.owner_id == owner_id)
         with database.read(self.engine) as conn:
-            row = conn.execute(sa.select(jobs).where(*cond)).first()
-        if row is None:
-            raise NotFound("No such job.", code="JOB_NOT_FOUND")
-        return as_dict(row)
+            return self._get_in(conn, job_id, owner_id)
 
     def list(self, owner_id: int | None, *, status: str | None = None, kind: str | None = None,
              page: int = 1, page_size: int = 20) -> tuple[list[dict], int]:
@@ -162,7 +156,9 @@ class JobStore:
         return out
 
     # -- user actions ---------------------------------------------------------------------
-    def _locked_get(self, conn, job_id: str, owner_id: int | None) -> dict:
+    @staticmethod
+    def _get_in(conn, job_id: str, owner_id: int | None) -> dict:
+        """The job, scoped to its owner unless owner_id is None (admin), in ``conn``'s transaction."""
         cond = [jobs.c.id == str(job_id)]
         if owner_id is not None:
             cond.append(jobs.c.owner_id == owner_id)
@@ -174,7 +170,7 @@ class JobStore:
     def request_cancel(self, job_id: str, owner_id: int | None) -> dict:
         """Queued jobs are cancelled at once; running ones get a flag their kind checks."""
         def tx(conn):
-            job = self._locked_get(conn, job_id, owner_id)
+            job = self._get_in(conn, job_id, owner_id)
             now = self.clock()
             if job["status"] == QUEUED:
                 conn.execute(jobs.update().where(jobs.c.id == job["id"], jobs.c.status == QUEUED).values(
@@ -185,12 +181,12 @@ class JobStore:
                     cancel_requested=True, updated_at=now, message="cancelling"))
             else:
                 raise InvalidState(f"The job has already {job['status']}.", details={"status": job["status"]})
-            return self._locked_get(conn, job_id, owner_id)
+            return self._get_in(conn, job_id, owner_id)
         return database.write(self.engine, tx)
 
     def retry(self, job_id: str, owner_id: int | None) -> dict:
         def tx(conn):
-            job = self._locked_get(conn, job_id, owner_id)
+            job = self._get_in(conn, job_id, owner_id)
             if not can_transition(job["status"], QUEUED) or job["status"] == RUNNING:
                 raise InvalidState("Only failed or cancelled jobs can be retried.",
                                    details={"status": job["status"]})
@@ -201,13 +197,13 @@ class JobStore:
                 error_code=None, error_message=None, started_at=None, finished_at=None,
                 run_after=now, updated_at=now, cancel_requested=False, run_token=None,
                 lease_owner=None, lease_expires_at=None))
-            return self._locked_get(conn, job_id, owner_id)
+            return self._get_in(conn, job_id, owner_id)
         return database.write(self.engine, tx)
 
     def delete(self, job_id: str, owner_id: int | None) -> dict:
         """Delete a job that is not running (cancel it first); the caller removes its files."""
         def tx(conn):
-            job = self._locked_get(conn, job_id, owner_id)
+            job = self._get_in(conn, job_id, owner_id)
             if job["status"] == RUNNING:
                 raise InvalidState("The job is running; cancel it first.", details={"status": RUNNING})
             conn.execute(job_files.delete().where(job_files.c.job_id == job["id"]))

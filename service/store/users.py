@@ -111,7 +111,7 @@ class UserStore:
 
     def is_revoked(self, jti: str) -> bool:
         with database.read(self.engine) as conn:
-            return conn.execute(sa.select(token_blocklist.c.jti).where(token_blocklist.c.jti == jti)).first() is not None
+            return self._is_revoked(conn, jti)
 
     def purge_expired_tokens(self) -> int:
         now = self.clock()
