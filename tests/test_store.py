@@ -238,10 +238,9 @@ def test_claim_query_uses_the_index_with_a_million_finished_jobs(engine, users):
         conn.exec_driver_sql("ANALYZE")
     store, claims = JobStore(engine), ClaimStore(engine)
     job, _ = store.submit(users[1], SLEEP, {}, BOUNDS)
-    query = ClaimStore._next_query(time.time(), {"sleep": SLEEP}, {}, {})
-    compiled = query.compile(engine, compile_kwargs={"literal_binds": True})
+    query, params = ClaimStore._next_query(time.time(), {"sleep": SLEEP}, {}, {})
     with engine.connect() as conn:
-        plan = " ".join(r[-1] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}"))
+        plan = " ".join(r[-1] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {query}", params))
     # walking the partial index (queued rows only) in claim order is the point; a table scan
     # or a sort of all rows is what must not happen
     assert "USING INDEX ix_jobs_queued" in plan, plan
@@ -270,9 +269,10 @@ def test_fresh_database_gets_planner_stats_that_pick_the_partial_indexes(engine,
     fresh = database.make_engine(str(engine.url))  # statistics load when a connection opens
 
     def plan(query) -> str:
-        sql = query.compile(fresh, compile_kwargs={"literal_binds": True})
+        sql, params = query if isinstance(query, tuple) else (query.compile(
+            fresh, compile_kwargs={"literal_binds": True}), {})
         with fresh.connect() as conn:
-            return " ".join(r[-1] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+            return " ".join(r[-1] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params))
 
     claim = plan(ClaimStore._next_query(now, {"sleep": SLEEP}, {}, {}))
     assert "ix_jobs_queued" in claim and "TEMP B-TREE" not in claim, claim

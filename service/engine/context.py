@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from service.engine.kind import JobCancelled
+from service.engine.kind import JobCancelled, TransientJobError
 from service.workspace import safe_filename
 
 log = logging.getLogger(__name__)
@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 # Why progress is throttled: a kind may report on every chunk, and each report is a
 # database write competing for SQLite's single write lock with every other worker.
 PROGRESS_MIN_INTERVAL = 0.25
+# How long an execution waits for its job's folder lock: only a stale execution of the same
+# job (a hung worker that lost its lease) can hold it, and it lets go when it notices.
+FOLDER_LOCK_WAIT = 30.0
 
 
 class _AtomicOutput:
@@ -59,7 +62,7 @@ class _AtomicOutput:
 
 class RunContext:
     def __init__(self, job: Mapping[str, Any], config: Mapping[str, Any], out_dir: Path, tmp_dir: Path,
-                 report_progress):
+                 report_progress, folder_lock=None):
         self.job_id: str = job["id"]
         self.owner_id: int = job["owner_id"]
         self.kind: str = job["kind"]
@@ -80,16 +83,47 @@ class RunContext:
         self._pending: tuple[float, str | None] | None = None
         self._hashes: dict[str, str] = {}
         self.final_recorded = False  # set by the engine once this execution wrote a final state
+        # The job's folder lock (a callable making a filelock.FileLock), taken on first use of
+        # a folder: most jobs of some kinds never touch the disk, and a lock file per job was a
+        # measurable share of a short job's cost.
+        self._make_folder_lock = folder_lock
+        self._folder_lock = None
+        self.folder_locked = False
+
+    # -- the folder lock ------------------------------------------------------------------
+    def lock_folder(self, timeout: float = FOLDER_LOCK_WAIT) -> bool:
+        """Take the job's folder lock (once); False if another execution kept it for ``timeout``."""
+        if self.folder_locked or self._make_folder_lock is None:
+            return True
+        from filelock import Timeout
+        if self._folder_lock is None:
+            self._folder_lock = self._make_folder_lock()
+        try:
+            self._folder_lock.acquire(timeout=timeout)
+        except Timeout:
+            return False
+        self.folder_locked = True
+        return True
+
+    def release_folder(self) -> None:
+        if self._folder_lock is not None and self._folder_lock.is_locked:
+            self._folder_lock.release()
+
+    def _own_folder(self) -> None:
+        if not self.lock_folder():
+            raise TransientJobError("WORKSPACE_BUSY", "A previous attempt of this job still holds its files.")
 
     # -- folders (made on first use: most jobs of some kinds write nothing) -----------------
     @property
     def workspace(self) -> Path:
         """The job's output folder: every file left here is a result file."""
+        self._own_folder()
         self._out_dir.mkdir(parents=True, exist_ok=True)
         return self._out_dir
 
     @property
     def tmp_dir(self) -> Path:
+        self._own_folder()
         self._tmp_dir.mkdir(parents=True, exist_ok=True)
         return self._tmp_dir
 

@@ -18,7 +18,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping
 
-from filelock import Timeout as LockTimeout
 
 from service.engine.context import RunContext
 from service.engine.kind import JobCancelled, JobFailed, JobKind, TransientJobError
@@ -31,7 +30,6 @@ from service.workspace import Workspace
 log = logging.getLogger(__name__)
 
 MONITOR_INTERVAL = 0.5
-JOB_LOCK_WAIT = 30.0
 MAX_BACKOFF = 300.0
 
 
@@ -148,7 +146,8 @@ class Dispatcher:
     def _context(self, job: dict) -> RunContext:
         out_dir = self.workspace.output_dir(job["owner_id"], job["id"])
         tmp_dir = self.workspace.tmp_dir(job["owner_id"], job["id"])
-        return RunContext(job, self.config, out_dir, tmp_dir, self.claims.progress)
+        return RunContext(job, self.config, out_dir, tmp_dir, self.claims.progress,
+                          folder_lock=lambda: self.workspace.job_lock(job["id"]))
 
     def _start(self, job: dict) -> None:
         ctx = self._context(job)
@@ -164,11 +163,10 @@ class Dispatcher:
 
     def _execute_one(self, job: dict, ctx: RunContext) -> tuple[dict | None, RunContext | None]:
         next_job = next_ctx = None
-        lock = self.workspace.job_lock(job["id"])
         try:
-            try:
-                lock.acquire(timeout=JOB_LOCK_WAIT)
-            except LockTimeout:
+            # A first attempt has no folder yet and locks it on first use (RunContext); a later
+            # attempt first clears what a dead attempt left, under the lock.
+            if job["attempt"] > 1 and not ctx.lock_folder():
                 # A stale execution on a hung worker still holds the folder; it will notice
                 # it lost the lease and let go. Try again shortly.
                 self.claims.requeue(job["id"], ctx.token, run_after=time.time() + 5, refund_attempt=True,
@@ -177,8 +175,8 @@ class Dispatcher:
             try:
                 next_job = self._run_kind(job, ctx)
             finally:
-                lock.release()
-            if ctx.final_recorded:
+                ctx.release_folder()
+            if ctx.final_recorded and ctx.folder_locked:
                 # No other execution can want this lock any more (a takeover would have fenced
                 # our final write), so the file can go: otherwise one is left per job forever.
                 self.workspace.forget_job_lock(job["id"])
@@ -204,7 +202,7 @@ class Dispatcher:
         this slot in the same transaction as a success."""
         kind = self.kinds[job["kind"]]
         owner, job_id = job["owner_id"], job["id"]
-        self.workspace.discard_job_files(owner, job_id)
+        self._discard(ctx)
         started = time.monotonic()
         try:
             result = kind.run(ctx)
@@ -215,7 +213,7 @@ class Dispatcher:
             if files:
                 self.workspace.discard_tmp(owner, job_id)
             else:  # nothing to keep: leave no empty folders behind
-                self.workspace.discard_job_files(owner, job_id)
+                self._discard(ctx)
             outcome = dict(result=result, files=files, duration=time.monotonic() - started,
                            kind=job["kind"], message="done")
             if not self._accepting:
@@ -228,7 +226,7 @@ class Dispatcher:
         except JobCancelled:
             self._stopped(job, ctx)
         except TransientJobError as exc:
-            self.workspace.discard_job_files(job["owner_id"], job["id"])
+            self._discard(ctx)
             if job["attempt"] < job["max_attempts"] and not ctx.cancelled:
                 delay = min(MAX_BACKOFF, kind.retry_backoff_seconds * 2 ** (job["attempt"] - 1))
                 delay *= random.uniform(0.5, 1.0)
@@ -239,22 +237,27 @@ class Dispatcher:
                 ctx.final_recorded = self.claims.finish(job_id, ctx.token, JobStatus.FAILED, error_code=exc.code,
                                                         error_message=exc.message, result=_details(exc))
         except JobFailed as exc:
-            self.workspace.discard_job_files(job["owner_id"], job["id"])
+            self._discard(ctx)
             ctx.final_recorded = self.claims.finish(job_id, ctx.token, JobStatus.FAILED, error_code=exc.code,
                                                     error_message=exc.message, result=_details(exc))
         except Exception as exc:  # a bug in a kind must not take the worker down
             log.exception("job %s (%s) crashed", job_id, job["kind"])
-            self.workspace.discard_job_files(job["owner_id"], job["id"])
+            self._discard(ctx)
             ctx.final_recorded = self.claims.finish(
                 job_id, ctx.token, JobStatus.FAILED, error_code="INTERNAL_ERROR",
                 error_message=f"The job failed unexpectedly ({type(exc).__name__}).")
         return None
 
+    def _discard(self, ctx: RunContext) -> None:
+        """Remove the job's folder if this execution owns it (it only exists if it was locked)."""
+        if ctx.folder_locked:
+            self.workspace.discard_job_files(ctx.owner_id, ctx.job_id)
+
     def _stopped(self, job: dict, ctx: RunContext) -> None:
         reason = ctx.stop_reason
         if reason == "lost":
             return  # another worker owns the job now; leave its files and record alone
-        self.workspace.discard_job_files(job["owner_id"], job["id"])
+        self._discard(ctx)
         if reason == "shutdown":
             self.claims.requeue(job["id"], ctx.token, run_after=time.time(), refund_attempt=True,
                                 message="handed back: worker shutting down")

@@ -13,30 +13,32 @@ from collections import Counter
 import sqlalchemy as sa
 
 from service.engine.status import JobStatus
-from service.store import database
+from service.store import database, rawsql
 from service.store.jobs import CLAIM_LOCK, QUEUED, RUNNING, KindPolicy, as_dict, pg_lock
-from service.store.schema import job_files, jobs, kind_stats
+from service.store.schema import jobs
 
 EWMA_WEIGHT = 0.2   # recent run times count most in the ETA
 
-# Hot-path statements, built once (see jobs.py for why).
-_RUNNING_COUNTS = sa.text("SELECT kind, owner_id, count(*) FROM jobs WHERE status = 'running' "
-                          "GROUP BY kind, owner_id")
-_CLAIM = sa.text("UPDATE jobs SET status = 'running', attempt = attempt + 1, run_token = :token, "
-                 "lease_owner = :owner, lease_expires_at = :expires, started_at = :now, updated_at = :now, "
-                 "progress = 0, message = 'started' WHERE id = :id AND status = 'queued'")
-_RENEW = sa.text("UPDATE jobs SET lease_expires_at = :expires "
-                 "WHERE id = :id AND run_token = :token AND status = 'running'")
-_PROGRESS = sa.text("UPDATE jobs SET progress = :progress, message = :message, updated_at = :now "
-                    "WHERE id = :id AND run_token = :token AND status = 'running'")
-_FINISH = sa.text(
-    "UPDATE jobs SET status = :status, result = :result, error_code = :error_code, "
-    "error_message = :error_message, finished_at = :now, updated_at = :now, lease_owner = NULL, "
-    "lease_expires_at = NULL, message = :message, progress = CASE WHEN :succeeded THEN 100 ELSE progress END "
-    "WHERE id = :id AND run_token = :token AND status = 'running'"
-).bindparams(sa.bindparam("result", type_=sa.JSON), sa.bindparam("succeeded", type_=sa.Boolean))
-_AVERAGE = sa.text("UPDATE kind_stats SET avg_seconds = avg_seconds * :keep + :seconds * :weight, "
-                   "samples = samples + 1, updated_at = :now WHERE kind = :kind")
+# The claim/finish path runs on the raw connection (see rawsql for why); portable SQL.
+_RUNNING_COUNTS = "SELECT kind, owner_id, count(*) FROM jobs WHERE status = 'running' GROUP BY kind, owner_id"
+_CLAIM = ("UPDATE jobs SET status = 'running', attempt = attempt + 1, run_token = :token, "
+          "lease_owner = :owner, lease_expires_at = :expires, started_at = :now, updated_at = :now, "
+          "progress = 0, message = 'started' WHERE id = :id AND status = 'queued'")
+_NEXT = ("SELECT * FROM jobs WHERE status = 'queued' AND run_after <= :now{extra} "
+         "ORDER BY priority DESC, created_at, id LIMIT 16")
+_RENEW = "UPDATE jobs SET lease_expires_at = :expires WHERE id = :id AND run_token = :token AND status = 'running'"
+_PROGRESS = ("UPDATE jobs SET progress = :progress, message = :message, updated_at = :now "
+             "WHERE id = :id AND run_token = :token AND status = 'running'")
+_FINISH = ("UPDATE jobs SET status = :status, result = :result, error_code = :error_code, "
+           "error_message = :error_message, finished_at = :now, updated_at = :now, lease_owner = NULL, "
+           "lease_expires_at = NULL, message = :message, progress = CASE WHEN :succeeded THEN 100 ELSE progress END "
+           "WHERE id = :id AND run_token = :token AND status = 'running'")
+_INSERT_FILE = ("INSERT INTO job_files (job_id, name, size, content_type, sha256, created_at) "
+                "VALUES (:job_id, :name, :size, :content_type, :sha256, :created_at)")
+_AVERAGE = ("UPDATE kind_stats SET avg_seconds = avg_seconds * :keep + :seconds * :weight, "
+            "samples = samples + 1, updated_at = :now WHERE kind = :kind")
+_NEW_AVERAGE = ("INSERT INTO kind_stats (kind, avg_seconds, samples, updated_at) "
+                "VALUES (:kind, :seconds, 1, :now)")
 
 
 class ClaimStore:
@@ -51,71 +53,75 @@ class ClaimStore:
         so two workers claiming at once cannot both take the last allowed slot."""
         if n <= 0 or not policies:
             return []
-        return database.write(self.engine, lambda conn: self._claim_in(conn, worker_id, n, policies, lease_seconds))
+        return rawsql.write(self.engine, lambda t: self._claim_in(t, worker_id, n, policies, lease_seconds))
 
-    def _claim_in(self, conn, worker_id: str, n: int, policies: dict[str, KindPolicy],
+    def _claim_in(self, t: rawsql.Tx, worker_id: str, n: int, policies: dict[str, KindPolicy],
                   lease_seconds: float) -> list[dict]:
-        pg_lock(conn, CLAIM_LOCK)
+        t.pg_lock(CLAIM_LOCK)
         now = self.clock()
         per_kind: Counter = Counter()
         per_pair: Counter = Counter()
-        for kind, owner, count in conn.execute(_RUNNING_COUNTS):
+        cur = t.execute(_RUNNING_COUNTS)
+        for kind, owner, count in cur.fetchall():
             per_kind[kind] += count
             per_pair[(kind, owner)] += count
+        cur.close()
         claimed = []
         for _ in range(n):
-            row = self._next_claimable(conn, now, policies, per_kind, per_pair)
+            row = self._next_claimable(t, now, policies, per_kind, per_pair)
             if row is None:
                 break
             token = uuid.uuid4().hex
-            conn.execute(_CLAIM, {"token": token, "owner": worker_id, "expires": now + lease_seconds,
-                                  "now": now, "id": row.id})
-            per_kind[row.kind] += 1
-            per_pair[(row.kind, row.owner_id)] += 1
-            job = as_dict(row)
-            job.update(status=RUNNING, attempt=row.attempt + 1, run_token=token, lease_owner=worker_id,
+            t.rowcount(_CLAIM, {"token": token, "owner": worker_id, "expires": now + lease_seconds,
+                                "now": now, "id": row["id"]})
+            per_kind[row["kind"]] += 1
+            per_pair[(row["kind"], row["owner_id"])] += 1
+            row.update(status=RUNNING, attempt=row["attempt"] + 1, run_token=token, lease_owner=worker_id,
                        lease_expires_at=now + lease_seconds, started_at=now, updated_at=now,
                        progress=0.0, message="started")
-            claimed.append(job)
+            claimed.append(row)
         return claimed
 
-    def _next_claimable(self, conn, now, policies, per_kind, per_pair):
+    def _next_claimable(self, t: rawsql.Tx, now, policies, per_kind, per_pair) -> dict | None:
         # Kinds this worker does not know (a newer kind during a rolling upgrade) are skipped
         # here rather than filtered in SQL: "kind IN (...)" tempts the planner into the kind
         # index, which also holds every finished job.
-        for row in conn.execute(self._next_query(now, policies, per_kind, per_pair)):
-            if row.kind in policies:
+        sql, params = self._next_query(now, policies, per_kind, per_pair)
+        for row in t.rows(sql, params):
+            if row["kind"] in policies:
                 return row
         return None
 
     @staticmethod
-    def _next_query(now, policies, per_kind, per_pair, batch: int = 16):
-        cond = [jobs.c.status == QUEUED, jobs.c.run_after <= now]
+    def _next_query(now, policies, per_kind, per_pair) -> tuple[str, dict]:
+        """The next-jobs query, excluding kinds at their global limit and (kind, user) pairs
+        at their per-user limit."""
+        extra, params = [], {"now": now}
         full_kinds = [k for k, p in policies.items()
                       if p.global_limit is not None and per_kind[k] >= p.global_limit]
         if full_kinds:
-            cond.append(jobs.c.kind.not_in(full_kinds))
+            names = [f"fk{i}" for i in range(len(full_kinds))]
+            params.update(zip(names, full_kinds))
+            extra.append(f"kind NOT IN ({', '.join(':' + n for n in names)})")
+        i = 0
         for (kind, owner), count in per_pair.items():
             p = policies.get(kind)
             if p is not None and p.per_user_limit is not None and count >= p.per_user_limit:
-                cond.append(sa.not_(sa.and_(jobs.c.kind == kind, jobs.c.owner_id == owner)))
-        return (sa.select(jobs).where(*cond)
-                .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id).limit(batch))
+                extra.append(f"NOT (kind = :xk{i} AND owner_id = :xo{i})")
+                params[f"xk{i}"], params[f"xo{i}"] = kind, owner
+                i += 1
+        return _NEXT.format(extra="".join(" AND " + e for e in extra)), params
 
     def renew(self, tokens: dict[str, str], lease_seconds: float) -> set[str]:
         """Extend the leases of running executions; returns the job ids this worker lost."""
         if not tokens:
             return set()
 
-        def tx(conn):
+        def tx(t: rawsql.Tx):
             now = self.clock()
-            lost = set()
-            for job_id, token in tokens.items():
-                res = conn.execute(_RENEW, {"expires": now + lease_seconds, "id": job_id, "token": token})
-                if res.rowcount == 0:
-                    lost.add(job_id)
-            return lost
-        return database.write(self.engine, tx)
+            return {job_id for job_id, token in tokens.items()
+                    if t.rowcount(_RENEW, {"expires": now + lease_seconds, "id": job_id, "token": token}) == 0}
+        return rawsql.write(self.engine, tx)
 
     def cancel_flags(self, tokens: dict[str, str]) -> dict[str, bool]:
         """For each execution: True if cancel was asked, False if still ours, missing if lost."""
@@ -128,16 +134,14 @@ class ClaimStore:
                 if r.run_token == tokens[r.id] and r.status == RUNNING}
 
     def progress(self, job_id: str, token: str, percent: float, message: str | None) -> bool:
-        def tx(conn):
-            res = conn.execute(_PROGRESS, {"progress": percent, "message": (message or "")[:500],
-                                           "now": self.clock(), "id": job_id, "token": token})
-            return res.rowcount == 1
-        return database.write(self.engine, tx)
+        return rawsql.write(self.engine, lambda t: t.rowcount(_PROGRESS, {
+            "progress": percent, "message": (message or "")[:500], "now": self.clock(),
+            "id": job_id, "token": token}) == 1)
 
     def finish(self, job_id: str, token: str, status: JobStatus, **kwargs) -> bool:
         """Record a final state; False if this execution no longer owns the job.
         ``kind`` with ``duration`` feeds the kind's average run time (for ETAs)."""
-        return database.write(self.engine, lambda conn: self._finish_in(conn, job_id, token, status, **kwargs))
+        return rawsql.write(self.engine, lambda t: self._finish_in(t, job_id, token, status, **kwargs))
 
     def finish_and_claim(self, job_id: str, token: str, status: JobStatus, *, claim_for: tuple,
                          **kwargs) -> tuple[bool, dict | None]:
@@ -146,35 +150,34 @@ class ClaimStore:
         (worker_id, policies, lease_seconds)."""
         worker_id, policies, lease_seconds = claim_for
 
-        def tx(conn):
-            if not self._finish_in(conn, job_id, token, status, **kwargs):
+        def tx(t: rawsql.Tx):
+            if not self._finish_in(t, job_id, token, status, **kwargs):
                 return False, None
-            nxt = self._claim_in(conn, worker_id, 1, policies, lease_seconds)
+            nxt = self._claim_in(t, worker_id, 1, policies, lease_seconds)
             return True, (nxt[0] if nxt else None)
-        return database.write(self.engine, tx)
+        return rawsql.write(self.engine, tx)
 
-    def _finish_in(self, conn, job_id: str, token: str, status: JobStatus, *, result=None, error_code=None,
-                   error_message=None, files: list[dict] = (), duration: float | None = None,
+    def _finish_in(self, t: rawsql.Tx, job_id: str, token: str, status: JobStatus, *, result=None,
+                   error_code=None, error_message=None, files: list[dict] = (), duration: float | None = None,
                    message: str | None = None, kind: str | None = None) -> bool:
         now = self.clock()
-        res = conn.execute(_FINISH, {
-            "status": status.value, "result": result, "error_code": error_code,
+        n = t.rowcount(_FINISH, {
+            "status": status.value, "result": t.json(result), "error_code": error_code,
             "error_message": error_message, "now": now, "message": message,
             "succeeded": status == JobStatus.SUCCEEDED, "id": job_id, "token": token})
-        if res.rowcount != 1:
+        if n != 1:
             return False
-        if files:
-            conn.execute(job_files.insert(), [dict(job_id=job_id, created_at=now, **f) for f in files])
+        for f in files:
+            t.rowcount(_INSERT_FILE, dict(job_id=job_id, created_at=now, **f))
         if status == JobStatus.SUCCEEDED and duration is not None and kind:
-            self._record_duration(conn, kind, duration, now)
+            self._record_duration(t, kind, duration, now)
         return True
 
     @staticmethod
-    def _record_duration(conn, kind: str, seconds: float, now: float) -> None:
-        res = conn.execute(_AVERAGE, {"keep": 1 - EWMA_WEIGHT, "weight": EWMA_WEIGHT, "seconds": seconds,
-                                      "now": now, "kind": kind})
-        if res.rowcount == 0:
-            conn.execute(kind_stats.insert().values(kind=kind, avg_seconds=seconds, samples=1, updated_at=now))
+    def _record_duration(t: rawsql.Tx, kind: str, seconds: float, now: float) -> None:
+        params = {"keep": 1 - EWMA_WEIGHT, "weight": EWMA_WEIGHT, "seconds": seconds, "now": now, "kind": kind}
+        if t.rowcount(_AVERAGE, params) == 0:
+            t.rowcount(_NEW_AVERAGE, {"kind": kind, "seconds": seconds, "now": now})
 
     def requeue(self, job_id: str, token: str, *, run_after: float, error_code: str | None = None,
                 error_message: str | None = None, refund_attempt: bool = False, message: str = "") -> bool:

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from service.engine.status import JobStatus, can_transition
 from service.errors import ConcurrencyLimit, InvalidState, NotFound, QueueFull, ServiceBusy
-from service.store import database
+from service.store import database, rawsql
 from service.store.schema import job_files, jobs
 
 QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
@@ -53,13 +53,17 @@ def as_dict(row) -> dict | None:
     return dict(row._mapping) if row is not None else None
 
 
-# Hot-path statements are built once: per-call expression building and cache-key generation
-# was a measurable share of a job's CPU cost. text() keeps them portable (SQLite, PostgreSQL).
-_COUNT_QUEUED = sa.text("SELECT count(*) FROM jobs WHERE status = 'queued'")
-_COUNT_QUEUED_MINE = sa.text("SELECT count(*) FROM jobs WHERE status = 'queued' AND owner_id = :owner")
-_COUNT_MINE_OF_KIND = sa.text("SELECT count(*) FROM jobs WHERE status = :status AND owner_id = :owner AND kind = :kind")
-_COUNT_AHEAD = sa.text("SELECT count(*) FROM jobs WHERE status = 'queued' AND priority >= :priority")
-_INSERT_JOB = jobs.insert()
+# The submit path runs on the raw connection (see rawsql for why); portable SQL, built once.
+_COUNT_QUEUED = "SELECT count(*) FROM jobs WHERE status = 'queued'"
+_COUNT_QUEUED_MINE = "SELECT count(*) FROM jobs WHERE status = 'queued' AND owner_id = :owner"
+_COUNT_MINE_OF_KIND = "SELECT count(*) FROM jobs WHERE status = :status AND owner_id = :owner AND kind = :kind"
+_COUNT_AHEAD = "SELECT count(*) FROM jobs WHERE status = 'queued' AND priority >= :priority"
+_BY_IDEMPOTENCY_KEY = "SELECT * FROM jobs WHERE owner_id = :owner AND idempotency_key = :key"
+_INSERT_COLUMNS = ("id", "owner_id", "kind", "params", "status", "priority", "progress", "message", "attempt",
+                   "max_attempts", "run_after", "cancel_requested", "timeout_seconds", "idempotency_key",
+                   "created_at", "updated_at")
+_INSERT_JOB = (f"INSERT INTO jobs ({', '.join(_INSERT_COLUMNS)}) "
+               f"VALUES ({', '.join(':' + c for c in _INSERT_COLUMNS)})")
 _UNSET = dict(started_at=None, finished_at=None, result=None, error_code=None, error_message=None,
               run_token=None, lease_owner=None, lease_expires_at=None)
 
@@ -75,45 +79,44 @@ class JobStore:
         """Insert a queued job; returns (job, created). Limits are checked in the same
         write transaction as the insert, so racing submissions on other workers cannot
         both slip under a bound."""
-        def tx(conn):
-            pg_lock(conn, SUBMIT_LOCK_BASE + owner_id)
+        def tx(t: rawsql.Tx):
+            t.pg_lock(SUBMIT_LOCK_BASE + owner_id)
             if idempotency_key:
-                existing = conn.execute(sa.select(jobs).where(
-                    jobs.c.owner_id == owner_id, jobs.c.idempotency_key == idempotency_key)).first()
+                existing = t.first(_BY_IDEMPOTENCY_KEY, {"owner": owner_id, "key": idempotency_key})
                 if existing is not None:
-                    return as_dict(existing), False
-            queued = self._check_admission(conn, owner_id, policy, bounds)
+                    return existing, False
+            queued = self._check_admission(t, owner_id, policy, bounds)
             now = self.clock()
             row = dict(id=str(uuid.uuid4()), owner_id=owner_id, kind=policy.name, params=params,
                        status=QUEUED, priority=priority, progress=0.0, message=None, attempt=0,
                        max_attempts=policy.max_attempts, run_after=now, cancel_requested=False,
                        timeout_seconds=policy.timeout_seconds, idempotency_key=idempotency_key,
                        created_at=now, updated_at=now)
-            conn.execute(_INSERT_JOB, row)
+            t.execute(_INSERT_JOB, {**row, "params": t.json(params)}).close()
             # Everything queued now was queued earlier, so only higher priorities change who
             # is ahead; priorities are never negative.
-            ahead = queued if priority == 0 else conn.execute(_COUNT_AHEAD, {"priority": priority}).scalar_one()
+            ahead = queued if priority == 0 else t.scalar(_COUNT_AHEAD, {"priority": priority})
             return {**row, **_UNSET, "position": ahead + 1}, True
         if priority < 0:
             raise ValueError("priority must not be negative")
-        return database.write(self.engine, tx)
+        return rawsql.write(self.engine, tx)
 
-    def _check_admission(self, conn, owner_id: int, policy: KindPolicy, bounds: QueueBounds) -> int:
+    @staticmethod
+    def _check_admission(t: rawsql.Tx, owner_id: int, policy: KindPolicy, bounds: QueueBounds) -> int:
         """Raise if a limit or bound is reached; returns the number of queued jobs."""
         if policy.over_limit == "refuse" and policy.per_user_limit is not None:
             # one count per status so each is a search of its partial index
-            active = sum(conn.execute(_COUNT_MINE_OF_KIND, {"status": status, "owner": owner_id,
-                                                            "kind": policy.name}).scalar_one()
+            active = sum(t.scalar(_COUNT_MINE_OF_KIND, {"status": status, "owner": owner_id, "kind": policy.name})
                          for status in ACTIVE)
             if active >= policy.per_user_limit:
                 raise ConcurrencyLimit(
                     f"A {policy.name} job of yours is already active; only {policy.per_user_limit} "
                     f"at a time is allowed. Wait for it to finish or cancel it.",
                     details={"kind": policy.name, "limit": policy.per_user_limit, "active": active})
-        mine = conn.execute(_COUNT_QUEUED_MINE, {"owner": owner_id}).scalar_one()
+        mine = t.scalar(_COUNT_QUEUED_MINE, {"owner": owner_id})
         if mine >= bounds.per_user:
             raise QueueFull(details={"queued": mine, "limit": bounds.per_user}, retry_after=bounds.retry_after)
-        total = conn.execute(_COUNT_QUEUED).scalar_one()
+        total = t.scalar(_COUNT_QUEUED)
         if total >= bounds.total:
             raise ServiceBusy(details={"queued": total, "limit": bounds.total}, retry_after=bounds.retry_after)
         return total

@@ -8,12 +8,17 @@ from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from service.errors import AlreadyExists, AuthFailed, NotFound
-from service.store import database
+from service.store import database, rawsql
 from service.store.schema import token_blocklist, users
 
 # Checked against when the username does not exist, so a login takes as long for an unknown
 # user as for a wrong password (no username probing by timing).
 _DUMMY_HASH = generate_password_hash("not-a-real-password")
+
+_USER_COLUMNS = ", ".join(c.name for c in users.c)
+_TOKEN_OWNER = (f"SELECT {_USER_COLUMNS}, EXISTS (SELECT 1 FROM token_blocklist WHERE jti = :jti) AS revoked "
+                "FROM users WHERE id = :user_id")
+_REVOKED = "SELECT 1 FROM token_blocklist WHERE jti = :jti"
 
 
 def _public(row) -> dict:
@@ -95,15 +100,16 @@ class UserStore:
         database.write(self.engine, tx)
 
     def token_owner(self, user_id: int, jti: str) -> tuple[dict | None, bool]:
-        """(the user, whether this token was revoked) in one read: every authenticated
-        request needs both."""
-        revoked = sa.exists().where(token_blocklist.c.jti == jti)
-        with database.read(self.engine) as conn:
-            row = conn.execute(sa.select(users, revoked.label("revoked")).where(users.c.id == user_id)).first()
+        """(the user, whether this token was revoked) in one statement: every authenticated
+        request needs both, so it runs on the raw connection (see rawsql)."""
+        def q(tx):
+            row = tx.first(_TOKEN_OWNER, {"user_id": user_id, "jti": jti})
             if row is None:
-                return None, self._is_revoked(conn, jti)
-        user = _public(row)
-        return user, bool(user.pop("revoked"))
+                return None, tx.scalar(_REVOKED, {"jti": jti}) is not None
+            revoked = bool(row.pop("revoked"))
+            row.pop("password_hash", None)
+            return row, revoked
+        return rawsql.read(self.engine, q)
 
     @staticmethod
     def _is_revoked(conn, jti: str) -> bool:
