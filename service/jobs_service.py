@@ -57,10 +57,24 @@ class JobService:
                 kind.name == "sleep" and self.config.get("SLEEP_KIND_FOR_EVERYONE")):
             raise Forbidden(f"Only admins may submit {kind.name} jobs.", code="KIND_NOT_ALLOWED")
         clean = kind.validate(dict(params or {}), self.config)
-        job, created = self.jobs.submit(int(viewer["id"]), policy_for(kind, self.config), clean, self.bounds,
-                                        idempotency_key=idempotency_key)
-        if created and self.dispatcher is not None:
-            self.dispatcher.wake()  # start now if this worker has a free slot
+        dispatcher = self.dispatcher
+        # A free slot in this worker: the store may start the job in the submit transaction.
+        reserved = dispatcher is not None and dispatcher.reserve_slot()
+        try:
+            job, created = self.jobs.submit(int(viewer["id"]), policy_for(kind, self.config), clean, self.bounds,
+                                            idempotency_key=idempotency_key,
+                                            start_for=dispatcher.start_for if reserved else None)
+        except BaseException:
+            if reserved:
+                dispatcher.release_slot()
+            raise
+        if reserved:
+            if created and job["status"] == "running":
+                dispatcher.start_reserved(job)
+            else:
+                dispatcher.release_slot()
+        if created and dispatcher is not None and job["status"] == "queued":
+            dispatcher.wake()  # start now if this worker has a free slot
         return self.view(job), created
 
     def cancel(self, viewer, job_id: str) -> dict:

@@ -125,7 +125,7 @@ def run_download(tmp_path):
         tmp.mkdir()
         job = {"id": str(uuid.uuid4()), "owner_id": 1, "kind": "download", "attempt": attempt,
                "run_token": "token", "params": kind.validate(params, config) if validate else params}
-        ctx = RecordingContext(job, config, out, tmp, lambda *args: True)
+        ctx = RecordingContext(job, config, lambda: (out, tmp), lambda *args: True)
         ctx.calls = []
         run.ctx = ctx
         if on_context:

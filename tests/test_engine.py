@@ -189,11 +189,12 @@ def test_stop_hands_back_a_job_claimed_just_before_the_stop(app_factory, monkeyp
     from service.runtime import start_worker_runtime, stop_worker_runtime
     register = Dispatcher._start
 
-    def slow_register(self, job):
+    def slow_register(self, job, **kwargs):
         time.sleep(0.5)  # widen the window between the claim and the registration
-        register(self, job)
+        register(self, job, **kwargs)
 
     monkeypatch.setattr(Dispatcher, "_start", slow_register)
+    monkeypatch.setattr(Dispatcher, "reserve_slot", lambda self: False)  # through the claim loop
     app = app_factory()
     admin = sign_up(app, app.test_client(), "admin", role="admin")
     start_worker_runtime(app)
@@ -202,6 +203,55 @@ def test_stop_hands_back_a_job_claimed_just_before_the_stop(app_factory, monkeyp
     assert stop_worker_runtime(app, timeout=0.1) == [job["id"]]
     back = admin.get(f"/api/v1/jobs/{job['id']}").get_json()["data"]
     assert back["status"] == "queued" and back["attempt"] == 0
+
+
+def test_stop_hands_back_a_job_started_directly_by_its_submit(app_factory, monkeypatch):
+    """A submit to a worker with a free slot inserts the job already running for that worker
+    and registers it after the commit; a stop in that window must still hand it back."""
+    import threading
+    from service.engine.dispatcher import Dispatcher
+    from service.runtime import start_worker_runtime, stop_worker_runtime
+    register = Dispatcher._start
+    committed = threading.Event()
+
+    def slow_register(self, job, **kwargs):
+        assert kwargs.get("reserved"), "expected the direct-start path"
+        committed.set()
+        time.sleep(0.5)
+        register(self, job, **kwargs)
+
+    monkeypatch.setattr(Dispatcher, "_start", slow_register)
+    app = app_factory()
+    admin = sign_up(app, app.test_client(), "admin", role="admin")
+    start_worker_runtime(app)
+    answers = []
+    submitter = threading.Thread(target=lambda: answers.append(
+        admin.submit("sleep", {"duration": 5, "steps": 10}).get_json()["data"]))
+    submitter.start()
+    assert committed.wait(5)
+    handed_back = stop_worker_runtime(app, timeout=0.1)
+    submitter.join(5)
+    job = answers[0]
+    assert job["status"] == "running" and handed_back == [job["id"]]
+    back = admin.get(f"/api/v1/jobs/{job['id']}").get_json()["data"]
+    assert back["status"] == "queued" and back["attempt"] == 0
+
+
+def test_a_submit_to_a_free_slot_starts_at_once_and_never_jumps_the_queue(app_factory):
+    """Direct start only when nothing is queued: a queued job is never passed over."""
+    from service.runtime import start_worker_runtime
+    app = app_factory(MAX_WORKERS=1)
+    admin = sign_up(app, app.test_client(), "admin", role="admin")
+    start_worker_runtime(app)
+    first = admin.submit("sleep", {"duration": 1.0, "steps": 2}).get_json()
+    assert first["data"]["status"] == "running" and first["message"] == "Job started."
+    second = admin.submit("sleep", {"duration": 0, "steps": 1}).get_json()["data"]
+    assert second["status"] == "queued" and second["position"] == 1  # the only slot is busy
+    for job in (first["data"], second):
+        assert admin.wait(job["id"])["status"] == "succeeded"
+    done = [admin.get(f"/api/v1/jobs/{j['id']}").get_json()["data"] for j in (first["data"], second)]
+    assert done[0]["finished_at"] <= done[1]["started_at"]
+    assert all(d["attempt"] == 1 for d in done)
 
 
 def test_a_kind_that_ignores_its_timeout_is_recorded_failed_anyway(app_factory, monkeypatch):

@@ -61,8 +61,9 @@ class _AtomicOutput:
 
 
 class RunContext:
-    def __init__(self, job: Mapping[str, Any], config: Mapping[str, Any], out_dir: Path, tmp_dir: Path,
-                 report_progress, folder_lock=None):
+    def __init__(self, job: Mapping[str, Any], config: Mapping[str, Any], folders, report_progress,
+                 folder_lock=None):
+        """``folders``: a callable returning (output folder, temp folder), called on first use."""
         self.job_id: str = job["id"]
         self.owner_id: int = job["owner_id"]
         self.kind: str = job["kind"]
@@ -70,8 +71,8 @@ class RunContext:
         self.attempt: int = job["attempt"]
         self.token: str = job["run_token"]
         self.config = config
-        self._out_dir = out_dir
-        self._tmp_dir = tmp_dir
+        self._folders = folders
+        self._paths: tuple[Path, Path] | None = None
         self.log = logging.getLogger(f"ilgun.job.{self.kind}")
         self.started_monotonic = time.monotonic()
         self.stop_reason: str | None = None
@@ -114,6 +115,18 @@ class RunContext:
             raise TransientJobError("WORKSPACE_BUSY", "A previous attempt of this job still holds its files.")
 
     # -- folders (made on first use: most jobs of some kinds write nothing) -----------------
+    @property
+    def _out_dir(self) -> Path:
+        if self._paths is None:
+            self._paths = self._folders()
+        return self._paths[0]
+
+    @property
+    def _tmp_dir(self) -> Path:
+        if self._paths is None:
+            self._paths = self._folders()
+        return self._paths[1]
+
     @property
     def workspace(self) -> Path:
         """The job's output folder: every file left here is a result file."""
@@ -174,6 +187,8 @@ class RunContext:
 
     def output_files(self) -> list[dict]:
         files = []
+        if self._make_folder_lock is not None and not self.folder_locked:
+            return files  # this execution never opened its folder (first use takes the lock)
         if not self._out_dir.is_dir():
             return files
         for path in sorted(self._out_dir.iterdir()):

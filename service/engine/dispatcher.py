@@ -56,6 +56,9 @@ class Dispatcher:
         self.workers = WorkerStore(engine)
         self.policies = {name: policy_for(k, config) for name, k in self.kinds.items()}
         self._active: dict[str, RunContext] = {}
+        self._reserved = 0  # slots promised to submissions that may start their job directly
+        self._closed = False  # set by stop() once it has handed back every registered job
+        self._asked_back: set[str] = set()  # jobs told to hand themselves back as they started
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -77,7 +80,39 @@ class Dispatcher:
         return self
 
     def wake(self) -> None:
-        self._wake.set()
+        """A job was queued. Only a free slot needs the claim loop: a busy slot claims the next
+        job in the same transaction as its finish, or wakes the loop when it found none (after
+        that transaction, so a job committed before this call is never missed). Waking the loop
+        for nothing on every submit cost a thread switch per request."""
+        if self._free_slots() > 0 and not self._wake.is_set():
+            self._wake.set()
+
+    # -- direct start: a submission to a worker with a free slot skips the queue -----------
+    def reserve_slot(self) -> bool:
+        """Promise a free slot to a submission about to be written; the store starts the job
+        in the submit transaction when nothing is queued ahead of it (see JobStore.submit),
+        saving the claim transaction and a thread switch. Pair with start_reserved or
+        release_slot."""
+        with self._lock:
+            if not self._accepting or len(self._active) + self._reserved >= self.slots:
+                return False
+            self._reserved += 1
+            return True
+
+    def release_slot(self) -> None:
+        with self._lock:
+            self._reserved -= 1
+
+    def start_reserved(self, job: dict) -> None:
+        self._start(job, reserved=True)
+
+    @property
+    def start_for(self) -> tuple:
+        """What JobStore.submit needs to start a job here: (worker_id, policies, lease_seconds)."""
+        return self.worker_id, self.policies, self.lease_seconds
+
+    def _free_slots(self) -> int:
+        return self.slots - len(self._active) - self._reserved
 
     def stop(self, timeout: float = 25.0) -> list[str]:
         """Stop claiming, let running jobs finish for up to ``timeout`` seconds, then hand
@@ -91,7 +126,7 @@ class Dispatcher:
         if self._threads:
             self._threads[0].join(timeout=10)
         deadline = time.monotonic() + max(0.0, timeout)
-        while self.active_ids() and time.monotonic() < deadline:
+        while (self.active_ids() or self._reserved) and time.monotonic() < deadline:
             time.sleep(0.05)
         # Ask what is still running to hand itself back; kinds notice within about a second.
         # Asked again on every pass: a job claimed for a slot as its predecessor finished
@@ -100,14 +135,18 @@ class Dispatcher:
         grace = time.monotonic() + 2.0
         while time.monotonic() < grace:
             contexts = self._contexts()
-            if not contexts:
+            if not contexts and not self._reserved:
                 break
             for job_id, ctx in contexts.items():
                 ctx.request_stop("shutdown")
                 asked.add(job_id)
             time.sleep(0.05)
         # Anything still running now is requeued here; its later writes are fenced by run_token.
-        for ctx in self._contexts().values():
+        # A job registered later (a submit that started it directly) requeues itself (_start).
+        with self._lock:
+            self._closed = True
+            leftovers = list(self._active.values())
+        for ctx in leftovers:
             asked.add(ctx.job_id)
             self._safe(self.claims.requeue, ctx.job_id, ctx.token, run_after=time.time(),
                        refund_attempt=True, message="handed back: worker shutting down")
@@ -117,7 +156,7 @@ class Dispatcher:
         if self._executor:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._safe(self.workers.remove, self.worker_id)
-        handed_back = sorted(asked)
+        handed_back = sorted(asked | self._asked_back)
         log.info("dispatcher %s stopped; handed back %d job(s)", self.worker_id, len(handed_back))
         return handed_back
 
@@ -135,7 +174,8 @@ class Dispatcher:
     def _claim_loop(self) -> None:
         while not self._stopping.is_set():
             self._wake.clear()
-            free = self.slots - len(self.active_ids())
+            with self._lock:
+                free = self._free_slots()
             if self._accepting and free > 0:
                 claimed = self._safe(self.claims.claim, self.worker_id, free, self.policies,
                                      self.lease_seconds) or []
@@ -144,16 +184,31 @@ class Dispatcher:
             self._wake.wait(self.poll_interval)
 
     def _context(self, job: dict) -> RunContext:
-        out_dir = self.workspace.output_dir(job["owner_id"], job["id"])
-        tmp_dir = self.workspace.tmp_dir(job["owner_id"], job["id"])
-        return RunContext(job, self.config, out_dir, tmp_dir, self.claims.progress,
-                          folder_lock=lambda: self.workspace.job_lock(job["id"]))
+        owner, job_id = job["owner_id"], job["id"]
+        return RunContext(job, self.config,
+                          lambda: (self.workspace.output_dir(owner, job_id), self.workspace.tmp_dir(owner, job_id)),
+                          self.claims.progress, folder_lock=lambda: self.workspace.job_lock(job_id))
 
-    def _start(self, job: dict) -> None:
+    def _start(self, job: dict, reserved: bool = False) -> None:
         ctx = self._context(job)
         with self._lock:
-            self._active[job["id"]] = ctx
-        self._executor.submit(self._execute, job, ctx)
+            if reserved:
+                self._reserved -= 1
+            closed = self._closed
+            if not closed:
+                self._active[job["id"]] = ctx
+                if self._stopping.is_set():  # started just as this worker began to leave
+                    ctx.request_stop("shutdown")
+                    self._asked_back.add(job["id"])
+        if closed:  # stop() has already handed back what it knew of: hand this one back too
+            self._safe(self.claims.requeue, job["id"], ctx.token, run_after=time.time(),
+                       refund_attempt=True, message="handed back: worker shutting down")
+            return
+        try:
+            self._executor.submit(self._execute, job, ctx)
+        except RuntimeError:  # the executor shut down after stop() requeued this job
+            with self._lock:
+                self._active.pop(job["id"], None)
 
     # -- executing ------------------------------------------------------------------------
     def _execute(self, job: dict, ctx: RunContext) -> None:
@@ -189,6 +244,7 @@ class Dispatcher:
                 next_ctx = self._context(next_job)
                 if self._stopping.is_set():  # claimed while the worker began to stop
                     next_ctx.request_stop("shutdown")
+                    self._asked_back.add(next_job["id"])
             with self._lock:
                 self._active.pop(job["id"], None)
                 if next_ctx is not None:

@@ -64,6 +64,13 @@ _INSERT_COLUMNS = ("id", "owner_id", "kind", "params", "status", "priority", "pr
                    "created_at", "updated_at")
 _INSERT_JOB = (f"INSERT INTO jobs ({', '.join(_INSERT_COLUMNS)}) "
                f"VALUES ({', '.join(':' + c for c in _INSERT_COLUMNS)})")
+_COUNT_RUNNING_OF_KIND = "SELECT count(*) FROM jobs WHERE status = 'running' AND kind = :kind"
+_COUNT_RUNNING_MINE_OF_KIND = ("SELECT count(*) FROM jobs WHERE status = 'running' AND kind = :kind "
+                               "AND owner_id = :owner")
+_CLAIM_COLUMNS = ("attempt", "run_token", "lease_owner", "lease_expires_at", "started_at")
+_RUNNING_INSERT_COLUMNS = tuple(c for c in _INSERT_COLUMNS if c != "attempt") + _CLAIM_COLUMNS
+_INSERT_RUNNING_JOB = (f"INSERT INTO jobs ({', '.join(_RUNNING_INSERT_COLUMNS)}) "
+                       f"VALUES ({', '.join(':' + c for c in _RUNNING_INSERT_COLUMNS)})")
 _UNSET = dict(started_at=None, finished_at=None, result=None, error_code=None, error_message=None,
               run_token=None, lease_owner=None, lease_expires_at=None)
 
@@ -75,10 +82,16 @@ class JobStore:
 
     # -- submit ---------------------------------------------------------------------------
     def submit(self, owner_id: int, policy: KindPolicy, params: dict, bounds: QueueBounds, *,
-               idempotency_key: str | None = None, priority: int = 0) -> tuple[dict, bool]:
+               idempotency_key: str | None = None, priority: int = 0,
+               start_for: tuple | None = None) -> tuple[dict, bool]:
         """Insert a queued job; returns (job, created). Limits are checked in the same
         write transaction as the insert, so racing submissions on other workers cannot
-        both slip under a bound."""
+        both slip under a bound.
+
+        ``start_for`` = (worker_id, policies, lease_seconds) from a worker that reserved a free
+        slot: when nothing at all is queued (so no job is passed over) and the kind's running
+        limits allow it, the job is inserted already claimed by that worker — the same row a
+        claim would make — and the caller runs it. Otherwise it is queued as usual."""
         def tx(t: rawsql.Tx):
             t.pg_lock(SUBMIT_LOCK_BASE + owner_id)
             if idempotency_key:
@@ -92,6 +105,12 @@ class JobStore:
                        max_attempts=policy.max_attempts, run_after=now, cancel_requested=False,
                        timeout_seconds=policy.timeout_seconds, idempotency_key=idempotency_key,
                        created_at=now, updated_at=now)
+            if start_for is not None and queued == 0 and self._may_start(t, owner_id, policy, start_for[1]):
+                worker_id, _policies, lease_seconds = start_for
+                claimed = dict(status=RUNNING, attempt=1, run_token=uuid.uuid4().hex, lease_owner=worker_id,
+                               lease_expires_at=now + lease_seconds, started_at=now, message="started")
+                t.execute(_INSERT_RUNNING_JOB, {**row, **claimed, "params": t.json(params)}).close()
+                return {**row, **_UNSET, **claimed, "position": None}, True
             t.execute(_INSERT_JOB, {**row, "params": t.json(params)}).close()
             # Everything queued now was queued earlier, so only higher priorities change who
             # is ahead; priorities are never negative.
@@ -100,6 +119,17 @@ class JobStore:
         if priority < 0:
             raise ValueError("priority must not be negative")
         return rawsql.write(self.engine, tx)
+
+    @staticmethod
+    def _may_start(t: rawsql.Tx, owner_id: int, policy: KindPolicy, policies: dict) -> bool:
+        """The claim's running limits (ClaimStore._claim_in), for one job of ``policy``."""
+        if policy.name not in policies:
+            return False
+        if policy.global_limit is not None and \
+                t.scalar(_COUNT_RUNNING_OF_KIND, {"kind": policy.name}) >= policy.global_limit:
+            return False
+        return policy.per_user_limit is None or t.scalar(
+            _COUNT_RUNNING_MINE_OF_KIND, {"kind": policy.name, "owner": owner_id}) < policy.per_user_limit
 
     @staticmethod
     def _check_admission(t: rawsql.Tx, owner_id: int, policy: KindPolicy, bounds: QueueBounds) -> int:

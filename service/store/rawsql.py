@@ -143,20 +143,26 @@ def write(engine: sa.Engine, fn, *args, **kwargs):
 
 def read(engine: sa.Engine, fn, *args, **kwargs):
     """Run ``fn(tx, ...)`` for reads. On SQLite each statement is its own snapshot (no BEGIN:
-    the callers here read one statement's worth), and waits out a writer's checkpoint with
-    the normal busy timeout."""
+    the callers here read one statement's worth). A WAL reader is almost never busy (only
+    while a checkpoint resets the log); when it is, it retries in short steps, whatever busy
+    timeout the pooled connection was last left with (switching it costs a statement)."""
     sqlite = database.is_sqlite(engine)
     fairy = engine.raw_connection()
     dbapi = fairy.dbapi_connection
     try:
-        if sqlite:
-            _set_busy_timeout(fairy, dbapi, database.SQLITE_BUSY_TIMEOUT_MS)
-        try:
-            out = fn(Tx(dbapi, sqlite), *args, **kwargs)
-        finally:
-            if not sqlite:
+        if not sqlite:
+            try:
+                return fn(Tx(dbapi, sqlite), *args, **kwargs)
+            finally:
                 dbapi.rollback()
-        return out
+        deadline = time.monotonic() + database.SQLITE_BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                return fn(Tx(dbapi, sqlite), *args, **kwargs)
+            except Exception as exc:
+                if not (_is_db_error(exc) and _is_lock_error(exc)) or time.monotonic() > deadline:
+                    raise
+            time.sleep(random.uniform(0.0005, 0.002))
     finally:
         fairy.close()
 

@@ -38,7 +38,8 @@ def submit():
         raise ValidationError("Idempotency-Key must be 1–200 characters.", code="INVALID_IDEMPOTENCY_KEY")
     job, created = _svc().submit(current_user, kind, params, idempotency_key=key)
     if created:
-        return ok(job, "Job queued.", 202, {"Location": f"/api/v1/jobs/{job['id']}"})
+        message = "Job started." if job["status"] == "running" else "Job queued."
+        return ok(job, message, 202, {"Location": f"/api/v1/jobs/{job['id']}"})
     return ok(job, "Same Idempotency-Key: returning the job it created.", 200, {"Idempotent-Replayed": "true"})
 
 
