@@ -61,7 +61,10 @@ os.environ["MAX_WORKERS"] = str(_profile.max_workers)
 raw_env = [f"MAX_WORKERS={_profile.max_workers}"]
 
 preload_app = False
-accesslog = "-"
+# The access log goes to stdout ("-") unless GUNICORN_ACCESSLOG names a file, or is set empty
+# to turn it off (behind a proxy that logs requests already).
+accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-").strip() or None
+logger_class = "service.access_log.JsonAccessLogger"  # one JSON object per request
 
 # gunicorn 27 opens a control socket at one fixed path per user ($HOME/.gunicorn/gunicorn.ctl):
 # two ilgun copies side by side would fight over it. Off unless a path is given.

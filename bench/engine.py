@@ -18,6 +18,7 @@ to bench/results/engine-<timestamp>.json.
     python bench/engine.py                  # 2000 jobs per system
     python bench/engine.py --poll-interval default --poll-interval 0.05   # ilgun at both
     python bench/engine.py --systems ilgun-http,flask-floor                # a subset
+    python bench/engine.py --systems ilgun-http,celery --rounds 5          # medians over 5 rounds
 
 Only 127.0.0.1 is contacted. Every process started is stopped on exit, Ctrl-C included.
 """
@@ -28,6 +29,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -59,6 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds allowed per system for submitting, and again for finishing (default 300)")
     p.add_argument("--out", type=Path, help="JSON results path (default bench/results/engine-<timestamp>.json)")
     p.add_argument("--keep-data", action="store_true", help="keep ilgun's temp data dirs for inspection")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every system this many times, alternating the order, and summarise with "
+                        "medians (default 1); on a shared machine one round's ratio can be off by 20%%")
     args = p.parse_args(argv)
     if args.quick:
         args.jobs = QUICK_JOBS
@@ -66,8 +71,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown:
         p.error(f"unknown system(s): {', '.join(sorted(unknown))}")
-    if args.jobs < 1 or args.clients < 1:
-        p.error("--jobs and --clients must be at least 1")
+    if args.jobs < 1 or args.clients < 1 or args.rounds < 1:
+        p.error("--jobs, --clients and --rounds must be at least 1")
     args.poll_intervals = [None if v == "default" else float(v) for v in (args.poll_interval or ["default"])]
     return args
 
@@ -76,14 +81,14 @@ def _ilgun_label(system: str, poll: float | None) -> str:
     return system if poll is None else f"{system} poll={poll:g}s"
 
 
-def run_all(args: argparse.Namespace, log_dir: Path) -> list[dict]:
+def run_all(args: argparse.Namespace, log_dir: Path, order: list[str]) -> list[dict]:
     from ilgun_runner import IlgunOptions, run_http, run_in_process
     from floor_runner import LABEL as FLOOR_LABEL, FloorOptions, run_floor
     from peer_runners import PeerOptions, run_celery, run_rq
 
     rows = []
     runners = {"ilgun-http": run_http, "ilgun-in-process": run_in_process}
-    for system in [s for s in SYSTEMS if s in args.systems]:
+    for system in order:
         print(f"== {system}", file=sys.stderr, flush=True)
         try:
             if system == "flask-floor":
@@ -161,6 +166,62 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def run_rounds(args: argparse.Namespace, log_dir: Path) -> list[list[dict]]:
+    """Every system once per round; odd rounds run in reverse order, so drift in the machine's
+    load (other tenants, thermal) does not always favour the same system."""
+    rounds = []
+    for i in range(args.rounds):
+        order = [s for s in SYSTEMS if s in args.systems]
+        if i % 2:
+            order.reverse()
+        round_dir = log_dir if args.rounds == 1 else log_dir / f"round{i + 1}"
+        round_dir.mkdir(parents=True, exist_ok=True)
+        if args.rounds > 1:
+            print(f"=== round {i + 1}/{args.rounds}: {', '.join(order)}", file=sys.stderr, flush=True)
+        rows = run_all(args, round_dir, order)
+        for r in rows:
+            r["round"] = i + 1
+        rounds.append(rows)
+    return rounds
+
+
+def summarize_rounds(rounds: list[list[dict]]) -> list[dict]:
+    """Per system: median jobs/s, the median of its per-round ratios to Celery (each ratio from
+    one round, so both ran under similar load), their range, and the median submit->start p50."""
+    by_system: dict[str, list[dict]] = {}
+    for rows in rounds:
+        for r in rows:
+            if r.get("jobs_per_s"):
+                by_system.setdefault(r["system"], []).append(r)
+    out = []
+    for system, rs in by_system.items():
+        ratios = [r["ratio_vs_celery"] for r in rs if r.get("ratio_vs_celery")]
+        p50s = [r["start_latency_ms"]["p50"] for r in rs if r.get("start_latency_ms", {}).get("p50") is not None]
+        out.append({"system": system, "rounds": len(rs),
+                    "jobs_per_s_median": round(statistics.median(r["jobs_per_s"] for r in rs), 1),
+                    "ratio_vs_celery_median": round(statistics.median(ratios), 3) if ratios else None,
+                    "ratio_vs_celery_min": min(ratios) if ratios else None,
+                    "ratio_vs_celery_max": max(ratios) if ratios else None,
+                    "start_p50_ms_median": round(statistics.median(p50s), 1) if p50s else None,
+                    "worker_cpu_ms_per_job_median": round(statistics.median(
+                        r["worker_cpu_ms_per_job"] for r in rs if r.get("worker_cpu_ms_per_job")), 2)
+                    if any(r.get("worker_cpu_ms_per_job") for r in rs) else None})
+    return out
+
+
+def format_summary(summary: list[dict], rounds: int) -> str:
+    lines = [f"Across {rounds} rounds (order alternated; medians):",
+             f"  {'system':<24} {'jobs/s':>8} {'vs Celery':>10} {'range':>13} {'submit→start p50 ms':>20} "
+             f"{'worker CPU ms/job':>18}"]
+    for s in summary:
+        rng = (f"{s['ratio_vs_celery_min']:.2f}–{s['ratio_vs_celery_max']:.2f}"
+               if s["ratio_vs_celery_min"] is not None else "-")
+        lines.append(f"  {s['system']:<24} {_fmt(s['jobs_per_s_median']):>8} "
+                     f"{_fmt(s['ratio_vs_celery_median'], '{:.2f}x'):>10} {rng:>13} "
+                     f"{_fmt(s['start_p50_ms_median']):>20} {_fmt(s['worker_cpu_ms_per_job_median'], '{:.2f}'):>18}")
+    return "\n".join(lines)
+
+
 def _fmt(value, pattern: str = "{:.1f}") -> str:
     return "-" if value is None else pattern.format(value)
 
@@ -201,27 +262,37 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     started = time.time()
     try:
-        rows = run_all(args, log_dir)
+        rounds = run_rounds(args, log_dir)
     except KeyboardInterrupt:
         print("\ninterrupted; stopping everything this benchmark started", file=sys.stderr)
         return 130
     finally:
         stop_all_processes()
+    rows = [r for rows in rounds for r in rows]
     command = reproduce_command(argv)
-    table = format_table(rows)
     print()
     print(f"ilgun engine benchmark: {args.jobs} no-op jobs per system, {args.clients} submitting threads, "
           f"{info['cpus_usable']} usable cores (shared machine: read the ratios, not the absolutes)")
-    print(table)
-    floor_lines = format_floor_lines(rows)
-    if floor_lines:
-        print(floor_lines)
+    tables = []
+    for i, round_rows in enumerate(rounds):
+        if len(rounds) > 1:
+            print(f"\nround {i + 1}:")
+        tables.append(format_table(round_rows))
+        print(tables[-1])
+        floor_lines = format_floor_lines(round_rows)
+        if floor_lines:
+            print(floor_lines)
+    summary = summarize_rounds(rounds) if len(rounds) > 1 else []
+    if summary:
+        print("\n" + format_summary(summary, len(rounds)))
     print(f"\nreproduce: {command}")
     result = {"started_at": datetime.fromtimestamp(started).isoformat(timespec="seconds"),
               "duration_s": round(time.time() - started, 1), "command": command,
               "settings": {"jobs": args.jobs, "clients": args.clients, "profile": args.profile,
-                           "poll_intervals": args.poll_intervals, "database_url": args.database_url or None},
-              "machine": info, "table": table, "ilgun_http_vs_floor": floor_comparison(rows), "results": rows,
+                           "poll_intervals": args.poll_intervals, "database_url": args.database_url or None,
+                           "rounds": args.rounds},
+              "machine": info, "table": "\n\n".join(tables), "summary": summary,
+              "ilgun_http_vs_floor": [c for rr in rounds for c in floor_comparison(rr)], "results": rows,
               "logs": str(log_dir)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -2,7 +2,9 @@
 submitted over HTTP or straight into the database, and timings read back from the job records.
 
 Times come from the records the server stamps: created_at (in the submit transaction),
-started_at (in the claim) and finished_at (in the finish transaction), ISO 8601 with ms.
+finished_at (in the finish transaction), ISO 8601 with ms, and for the start the moment the
+sleep kind began to run (its result's began_at): started_at is stamped by the claim, which for a
+job started directly by its submit is the submit transaction itself.
 """
 from __future__ import annotations
 
@@ -162,7 +164,7 @@ class IlgunServer(HttpClient):
             "worker_timeouts": len(re.findall(r"WORKER TIMEOUT", text)),
             "database_busy_retries": len(re.findall(r"database busy, retrying write", text)),
             "error_log_lines": len(re.findall(r" (ERROR|CRITICAL) ", text)),
-            "http_5xx": len(re.findall(r'HTTP/1\.[01]" 5\d\d ', text)),
+            "http_5xx": len(re.findall(r'"status": 5\d\d\b', text)),
             "lease_recoveries": len(re.findall(r"recovered \d+ job", text)),
             "lock_files_left": len(list(lock_dir.iterdir())) if lock_dir.is_dir() else 0,
             "job_dirs_left": len(job_dirs),
@@ -202,7 +204,8 @@ def _result(server: IlgunServer, system: str, ids: list[str], first_submit: floa
             submit_errors: list[str], cpu: dict, extra_notes: dict) -> dict:
     records = server.records(set(ids))
     ok = [r for r in records if r["status"] == "succeeded"]
-    latencies = [utc_epoch(r["started_at"]) - utc_epoch(r["created_at"]) for r in ok]
+    latencies = [(r["result"] or {}).get("began_at", utc_epoch(r["started_at"])) - utc_epoch(r["created_at"])
+                 for r in ok]
     notes = {"poll_interval_s": server.opts.poll_interval if server.opts.poll_interval is not None else 0.5,
              "poll_interval_tuned": server.opts.poll_interval is not None,
              "profile": {"name": server.profile.name, "workers": server.profile.workers,

@@ -260,7 +260,7 @@ def test_cli_reports_a_bad_value_without_a_traceback():
 def load_gunicorn_conf(monkeypatch):
     """Run gunicorn.conf.py with a controlled environment and return its settings."""
     for name in (*PROFILE_VARIABLES, "HOST", "PORT", "GRACEFUL_TIMEOUT", "TIMEOUT",
-                 "MAX_REQUESTS", "MAX_REQUESTS_JITTER"):
+                 "MAX_REQUESTS", "MAX_REQUESTS_JITTER", "GUNICORN_ACCESSLOG"):
         monkeypatch.delenv(name, raising=False)  # also undoes the MAX_WORKERS the file exports
 
     def load(**env: str) -> dict:
@@ -280,6 +280,7 @@ def test_gunicorn_conf_defaults(load_gunicorn_conf):
     assert (conf["max_requests"], conf["max_requests_jitter"]) == (2000, 200)
     assert conf["preload_app"] is False
     assert conf["accesslog"] == "-"
+    assert conf["logger_class"] == "service.access_log.JsonAccessLogger"
     assert conf["raw_env"] == ["MAX_WORKERS=2"]
     assert os.environ["MAX_WORKERS"] == "2"
 
@@ -474,3 +475,32 @@ def test_sigterm_starts_the_stop_at_once_and_worker_exit_waits_for_it(hooks, fak
     assert gunicorn_handler == [signal.SIGTERM]  # gunicorn's own handler still runs
     hooks["worker_exit"](fake_server(10), worker)
     assert [c for c in calls if c[0] == "stop"] == [("stop", "the-app", 7)]
+
+
+def test_access_log_can_be_a_file_or_off(load_gunicorn_conf, tmp_path):
+    assert load_gunicorn_conf(GUNICORN_ACCESSLOG=str(tmp_path / "a.log"))["accesslog"] == str(tmp_path / "a.log")
+    assert load_gunicorn_conf(GUNICORN_ACCESSLOG="")["accesslog"] is None
+
+
+def test_access_log_lines_are_json(tmp_path):
+    import json
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from gunicorn.config import Config
+
+    from service.access_log import JsonAccessLogger
+    cfg = Config()
+    cfg.set("accesslog", str(tmp_path / "access.log"))
+    logger = JsonAccessLogger(cfg)
+    environ = {"REMOTE_ADDR": "127.0.0.1", "REQUEST_METHOD": "POST", "RAW_URI": "/api/v1/jobs?x=1",
+               "HTTP_X_REQUEST_ID": "req-1", "HTTP_USER_AGENT": "curl/8", "HTTP_AUTHORIZATION": "Bearer secret"}
+    logger.access(SimpleNamespace(status="202 ACCEPTED", sent=321, headers=[]), None, environ,
+                  timedelta(milliseconds=12.5))
+    for h in logger.access_log.handlers:
+        h.flush()
+    line = (tmp_path / "access.log").read_text().strip()
+    record = json.loads(line)
+    assert record["status"] == 202 and record["method"] == "POST" and record["path"] == "/api/v1/jobs?x=1"
+    assert record["bytes"] == 321 and record["ms"] == 12.5 and record["request_id"] == "req-1"
+    assert "secret" not in line  # credentials never reach the log

@@ -84,6 +84,7 @@ class RunContext:
         self._pending: tuple[float, str | None] | None = None
         self._hashes: dict[str, str] = {}
         self.final_recorded = False  # set by the engine once this execution wrote a final state
+        self.looked_for_next_at: float | None = None  # when the engine's finish began to claim a next job
         # The job's folder lock (a callable making a filelock.FileLock), taken on first use of
         # a folder: most jobs of some kinds never touch the disk, and a lock file per job was a
         # measurable share of a short job's cost.

@@ -2,6 +2,8 @@
 benchmarks and demos; admins only unless SLEEP_KIND_FOR_EVERYONE is set."""
 from __future__ import annotations
 
+import time
+
 from service.engine.kind import JobCancelled, JobFailed, JobKind, TransientJobError
 from service.errors import ValidationError
 
@@ -48,6 +50,7 @@ class SleepKind(JobKind):
         return out
 
     def run(self, ctx):
+        began_at = time.time()  # when the executor really began (started_at is the claim's time)
         duration, steps = ctx.params["duration"], ctx.params["steps"]
         if ctx.params.get("write_file"):
             with ctx.open_output("sleep.txt", "w") as f:
@@ -65,4 +68,4 @@ class SleepKind(JobKind):
             if fail == "crash":
                 raise RuntimeError("deliberate crash")
             raise JobFailed("SLEEP_FAILED", "failed as asked")
-        return {"slept": duration, "steps": steps, "attempt": ctx.attempt}
+        return {"slept": duration, "steps": steps, "attempt": ctx.attempt, "began_at": round(began_at, 6)}

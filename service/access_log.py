@@ -1,0 +1,41 @@
+"""gunicorn's access log as one JSON object per line.
+
+Why not gunicorn's own formatter: it builds a dict of every request header, response header
+and WSGI environ entry for each request to fill an Apache-style format string — about 7 % of a
+worker's CPU in the engine benchmark — and its lines are not machine-readable. This writes the
+fields an operator filters on, and nothing else. Enabled in gunicorn.conf.py (logger_class).
+"""
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+
+from gunicorn import glogging
+
+
+class JsonAccessLogger(glogging.Logger):
+    def access(self, resp, req, environ, request_time):
+        if not self.access_log_enabled:
+            return
+        status = resp.status
+        if isinstance(status, str):
+            status = status.split(None, 1)[0]
+        record = {
+            "ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "level": "INFO",
+            "logger": "gunicorn.access",
+            "remote": environ.get("REMOTE_ADDR"),
+            "method": environ.get("REQUEST_METHOD"),
+            "path": environ.get("RAW_URI") or environ.get("PATH_INFO"),
+            "status": int(status) if str(status).isdigit() else status,
+            "bytes": getattr(resp, "sent", None),
+            "ms": round(request_time.total_seconds() * 1000, 2),
+            "request_id": environ.get("HTTP_X_REQUEST_ID"),
+            "user_agent": environ.get("HTTP_USER_AGENT"),
+            "pid": os.getpid(),
+        }
+        try:
+            self.access_log.info(json.dumps(record, default=str))
+        except Exception:  # gunicorn's own behaviour: a logging failure never fails the request
+            self.exception("access log")
