@@ -26,9 +26,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from service.jobs_service import JobService
     from service.store.database import make_engine
     from service.web import auth, errors, jobs, security, system
+    from service.web.json_provider import OrjsonProvider
     from service.web.sessions import LazyCookieSessionInterface
 
     app.session_interface = LazyCookieSessionInterface()
+    app.json = OrjsonProvider(app)
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(Path(__file__).parent / "migrations"), render_as_batch=True)

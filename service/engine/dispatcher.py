@@ -3,7 +3,7 @@
 Threads:
   * the claim loop: claims as many jobs as there are free slots, then sleeps until woken
     (a local submit or a finished job) or the poll interval passes (jobs submitted elsewhere);
-  * the monitor: every MONITOR_INTERVAL reads cancel flags and enforces timeouts, renews
+  * the monitor (monitor.py): every MONITOR_INTERVAL reads cancel flags and enforces timeouts, renews
     leases and the worker heartbeat every lease/4, and sweeps expired leases.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any, Mapping
 
 from service.engine.context import RunContext
 from service.engine.kind import JobCancelled, JobFailed, JobKind, TransientJobError
+from service.engine.monitor import MonitorMixin
 from service.engine.status import JobStatus
 from service.store.claims import ClaimStore
 from service.store.jobs import KindPolicy
@@ -29,7 +30,6 @@ from service.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-MONITOR_INTERVAL = 0.5
 MAX_BACKOFF = 300.0
 
 
@@ -39,7 +39,7 @@ def policy_for(kind: JobKind, config: Mapping[str, Any]) -> KindPolicy:
                       kind.timeout_for(config))
 
 
-class Dispatcher:
+class Dispatcher(MonitorMixin):
     def __init__(self, engine, kinds: Mapping[str, JobKind], config: Mapping[str, Any],
                  workspace: Workspace, *, slots: int | None = None, worker_id: str | None = None):
         self.kinds = dict(kinds)
@@ -330,61 +330,6 @@ class Dispatcher:
                 error_message=f"The job ran longer than {job['timeout_seconds']:.0f}s.")
         else:
             ctx.final_recorded = self.claims.finish(job["id"], ctx.token, JobStatus.CANCELLED, message="cancelled")
-
-    # -- monitoring -----------------------------------------------------------------------
-    def _monitor_loop(self) -> None:
-        next_renew = next_sweep = 0.0
-        while not self._monitor_stop.wait(MONITOR_INTERVAL):
-            now = time.monotonic()
-            self._safe(self._check_flags)
-            if now >= next_renew:
-                self._safe(self._renew)
-                self._safe(self._heartbeat)
-                next_renew = now + self.lease_seconds / 4
-            if now >= next_sweep and not self._stopping.is_set():
-                self._safe(self._sweep)
-                next_sweep = now + self.sweep_interval
-
-    def _contexts(self) -> dict[str, RunContext]:
-        with self._lock:
-            return dict(self._active)
-
-    def _check_flags(self) -> None:
-        active = self._contexts()
-        flags = self.claims.cancel_flags({j: c.token for j, c in active.items()})
-        now = time.monotonic()
-        for job_id, ctx in active.items():
-            if job_id not in flags:
-                ctx.request_stop("lost")
-            elif flags[job_id]:
-                ctx.request_stop("cancel")
-            timeout = self.policies[ctx.kind].timeout_seconds
-            if timeout and now - ctx.started_monotonic > timeout:
-                ctx.request_stop("timeout")
-                if now - ctx.started_monotonic > timeout + self.timeout_grace and not ctx.final_recorded:
-                    # The kind ignores its stop flag. A thread cannot be killed, so it keeps its
-                    # slot until it returns, but the job must not look running forever: record
-                    # the timeout here; the run token fences whatever the thread writes later.
-                    ctx.final_recorded = self.claims.finish(
-                        job_id, ctx.token, JobStatus.FAILED, error_code="TIMEOUT",
-                        error_message=f"The job ran longer than {timeout:.0f}s and did not stop.")
-
-    def _renew(self) -> None:
-        active = self._contexts()
-        for job_id in self.claims.renew({j: c.token for j, c in active.items()}, self.lease_seconds):
-            active[job_id].request_stop("lost")
-
-    def _heartbeat(self) -> None:
-        self.workers.heartbeat(self.worker_id, self.host, os.getpid(), self.slots, self.active_ids())
-
-    def _sweep(self) -> None:
-        requeued, abandoned = self.claims.sweep()
-        for job in abandoned:
-            self.workspace.remove_job(job["owner_id"], job["id"], lock_timeout=0.1)
-        if requeued:
-            log.warning("recovered %d job(s) from dead workers: %s", len(requeued), requeued)
-            self._wake.set()
-        self.workers.prune(stale_after=self.lease_seconds * 2)
 
     @staticmethod
     def _safe(fn, *args, **kwargs):

@@ -1,7 +1,6 @@
 """Request parsing and the success envelope shared by every JSON endpoint."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import current_app, jsonify, request
@@ -41,7 +40,7 @@ def json_body(allow_form: bool = False) -> dict:
     if request.mimetype != "application/json":
         raise ValidationError("Send the body as application/json.", code="UNSUPPORTED_MEDIA_TYPE")
     try:
-        body = json.loads(raw)
+        body = current_app.json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise ValidationError("The body is not valid JSON.", code="INVALID_JSON",
                               details={"error": str(exc)[:200]}) from None
