@@ -8,11 +8,13 @@ from tests.conftest import assert_error, assert_ok, sign_up
 
 
 def test_a_cached_token_still_expires(app_factory):
-    app = app_factory(JWT_ACCESS_TOKEN_EXPIRES=1)
+    import jwt as pyjwt
+    app = app_factory(JWT_ACCESS_TOKEN_EXPIRES=5)  # seconds; room for a slow machine before expiry
     alice = sign_up(app, app.test_client(), "alice")
     for _ in range(3):  # verified once, then served from the cache
         assert_ok(alice.get("/api/v1/auth/me"))
-    time.sleep(2.2)
+    exp = pyjwt.decode(alice.token, options={"verify_signature": False})["exp"]
+    time.sleep(max(0.0, exp - time.time()) + 1.2)
     assert_error(alice.get("/api/v1/auth/me"), 401, "TOKEN_EXPIRED")
 
 

@@ -11,7 +11,6 @@ import os
 import queue
 import time
 import traceback
-import uuid
 
 import pytest
 import sqlalchemy as sa
@@ -23,47 +22,21 @@ from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 from service.store import database, schema
 from service.store import ratelimit
 from service.store.ratelimit import DatabaseRateLimitStorage, purge_expired, storage_key
+from tests.pg import fresh_schema_url
 
-PG_URL = os.environ.get("ILGUN_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 CHILD_TIMEOUT_SECONDS = 120
 
 
 # --- fixtures ---------------------------------------------------------------------------------
 
-def _postgres_or_skip() -> None:
-    probe = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-    try:
-        with probe.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except sa.exc.OperationalError as exc:
-        reason = f"PostgreSQL not reachable at {PG_URL}: {exc.orig}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason} (CI=true: PostgreSQL tests must run, not skip)")
-        pytest.skip(reason)
-    finally:
-        probe.dispose()
-
-
 @pytest.fixture
 def postgresql_url():
     """A PostgreSQL URL whose search_path is a fresh schema holding the ilgun tables."""
-    _postgres_or_skip()
-    schema_name = f"ilgun_rl_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema_name}"'))
-    url = sa.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema_name}"})
-    url_text = url.render_as_string(hide_password=False)
-    setup = database.make_engine(url_text)
-    schema.metadata.create_all(setup)
-    setup.dispose()
-    try:
-        yield url_text
-    finally:
-        ratelimit.dispose_cached_engines()
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema_name}" CASCADE'))
-        admin.dispose()
+    with fresh_schema_url("ilgun_rl_test") as url:
+        try:
+            yield url
+        finally:
+            ratelimit.dispose_cached_engines()
 
 
 @pytest.fixture

@@ -1,4 +1,7 @@
-"""The job store's contract: atomic claims, limits, fencing, recovery. Real SQLite files."""
+"""The job store's contract: atomic claims, limits, fencing, recovery.
+
+Every contract test runs against a real SQLite file and a real PostgreSQL (a fresh schema per
+test, see tests/pg.py); the few about SQLite's own settings and planner run on SQLite only."""
 from __future__ import annotations
 
 import threading
@@ -13,18 +16,28 @@ from service.store.claims import ClaimStore
 from service.store.jobs import JobStore, KindPolicy, QueueBounds
 from service.store.schema import jobs, metadata
 from service.store.users import UserStore
+from tests.pg import fresh_schema_url
 
 BOUNDS = QueueBounds(per_user=10_000, total=100_000)
 SLEEP = KindPolicy("sleep", max_attempts=2)
 
 
 @pytest.fixture
-def db_url(tmp_path):
+def sqlite_url(tmp_path):
     url = f"sqlite:///{tmp_path / 'store.db'}"
     engine = database.make_engine(url)
     metadata.create_all(engine)
     engine.dispose()
     return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, sqlite_url):
+    if request.param == "sqlite":
+        yield sqlite_url
+        return
+    with fresh_schema_url("ilgun_store_test") as url:
+        yield url
 
 
 @pytest.fixture
@@ -35,13 +48,26 @@ def engine(db_url):
 
 
 @pytest.fixture
+def sqlite_engine(sqlite_url):
+    engine = database.make_engine(sqlite_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sqlite_users(sqlite_engine):
+    store = UserStore(sqlite_engine)
+    return [store.create(f"user{i}", "password123")["id"] for i in range(3)]
+
+
+@pytest.fixture
 def users(engine):
     store = UserStore(engine)
     return [store.create(f"user{i}", "password123")["id"] for i in range(3)]
 
 
-def test_wal_mode_and_pragmas(engine):
-    with engine.connect() as conn:
+def test_wal_mode_and_pragmas(sqlite_engine):
+    with sqlite_engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
@@ -226,8 +252,9 @@ def test_queue_position(engine, users):
     assert [store.queue_position(j) for j in made] == [1, 2, 3, 4, 5]
 
 
-def test_claim_query_uses_the_index_with_a_million_finished_jobs(engine, users):
+def test_claim_query_uses_the_index_with_a_million_finished_jobs(sqlite_engine, sqlite_users):
     """The claim reads only queued rows: the plan must search the claim index, not scan."""
+    engine, users = sqlite_engine, sqlite_users
     now = time.time()
     rows = [dict(id=f"{i:036d}", owner_id=users[0], kind="sleep", params={}, status="succeeded",
                  priority=0, progress=100.0, attempt=1, max_attempts=3, run_after=now,
@@ -253,9 +280,10 @@ def test_claim_query_uses_the_index_with_a_million_finished_jobs(engine, users):
     print(f"claim with 1M finished jobs: {1000 * (time.perf_counter() - started):.1f} ms")
 
 
-def test_fresh_database_gets_planner_stats_that_pick_the_partial_indexes(engine, users):
+def test_fresh_database_gets_planner_stats_that_pick_the_partial_indexes(sqlite_engine, sqlite_users):
     """Before any ANALYZE, SQLite guessed wrong (the claim walked every finished job of the
     kind). ensure_planner_stats gives it steady-state estimates."""
+    engine, users = sqlite_engine, sqlite_users
     from service.store.planner import ensure_planner_stats
     assert ensure_planner_stats(engine) is True
     assert ensure_planner_stats(engine) is False  # only once
@@ -311,5 +339,46 @@ def test_a_burst_of_50_writers_never_sees_database_is_locked(db_url, users):
         t.join(120)
     assert errors == [] and len(done) == 50
     check = database.make_engine(db_url)
+    if check.dialect.name == "postgresql":
+        # SKIP LOCKED: a claim that found every queued row locked by other claimers takes
+        # nothing (the dispatcher polls again); drain what is left, nothing may be lost
+        claims = ClaimStore(check)
+        while claims.claim("drain", 10, {"sleep": SLEEP}, 30):
+            pass
     assert JobStore(check).counts(None)["sleep"] == {"running": 200}
     check.dispose()
+
+
+def test_racing_claimers_never_break_running_limits(db_url, users):
+    """Claimers in separate engines race (on PostgreSQL without a global lock: SKIP LOCKED rows,
+    a recount under the kind's advisory lock); the limits hold however the race goes."""
+    policy = KindPolicy("sleep", per_user_limit=1, global_limit=2)
+    setup = database.make_engine(db_url)
+    store = JobStore(setup)
+    for i in range(30):
+        store.submit(users[i % 3], policy, {}, BOUNDS)
+    barrier = threading.Barrier(6)
+    claimed, errors = [], []
+
+    def claimer(n):
+        engine = database.make_engine(db_url)
+        try:
+            barrier.wait()
+            for _ in range(5):
+                claimed.extend(ClaimStore(engine).claim(f"w{n}", 2, {"sleep": policy}, 30))
+        except Exception as exc:  # noqa: BLE001 - any failure is the finding
+            errors.append(repr(exc))
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=claimer, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert len(claimed) == 2 and len({j["owner_id"] for j in claimed}) == 2
+    with database.read(setup) as conn:
+        running = conn.execute(sa.text("SELECT owner_id FROM jobs WHERE status = 'running'")).scalars().all()
+    assert sorted(running) == sorted(j["owner_id"] for j in claimed)
+    setup.dispose()

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from service.engine.status import JobStatus
 from service.store import database, rawsql
-from service.store.jobs import CLAIM_LOCK, QUEUED, RUNNING, KindPolicy, as_dict, pg_lock
+from service.store.jobs import CLAIM_LOCK, QUEUED, RUNNING, KindPolicy, as_dict, kind_lock, pg_lock
 from service.store.schema import jobs
 
 EWMA_WEIGHT = 0.2   # recent run times count most in the ETA
@@ -25,7 +25,10 @@ _CLAIM = ("UPDATE jobs SET status = 'running', attempt = attempt + 1, run_token 
           "lease_owner = :owner, lease_expires_at = :expires, started_at = :now, updated_at = :now, "
           "progress = 0, message = 'started' WHERE id = :id AND status = 'queued'")
 _NEXT = ("SELECT * FROM jobs WHERE status = 'queued' AND run_after <= :now{extra} "
-         "ORDER BY priority DESC, created_at, id LIMIT 16")
+         "ORDER BY priority DESC, created_at, id LIMIT {limit}")
+# Candidates read per step on SQLite: a few past the first skip kinds this worker does not know.
+SQLITE_BATCH = 16
+_RUNNING_OF_KIND = "SELECT owner_id, count(*) FROM jobs WHERE status = 'running' AND kind = :kind GROUP BY owner_id"
 _RENEW = "UPDATE jobs SET lease_expires_at = :expires WHERE id = :id AND run_token = :token AND status = 'running'"
 _PROGRESS = ("UPDATE jobs SET progress = :progress, message = :message, updated_at = :now "
              "WHERE id = :id AND run_token = :token AND status = 'running'")
@@ -57,25 +60,36 @@ class ClaimStore:
 
     def _claim_in(self, t: rawsql.Tx, worker_id: str, n: int, policies: dict[str, KindPolicy],
                   lease_seconds: float) -> list[dict]:
-        t.pg_lock(CLAIM_LOCK)
+        """On SQLite the whole claim runs under BEGIN IMMEDIATE (one writer at a time). On
+        PostgreSQL claimers run side by side: candidate rows are read FOR UPDATE SKIP LOCKED, so
+        two claimers never wait for or take the same row, and a kind with running limits is
+        counted again under that kind's advisory lock before its job is taken."""
         now = self.clock()
-        per_kind: Counter = Counter()
-        per_pair: Counter = Counter()
-        cur = t.execute(_RUNNING_COUNTS)
-        for kind, owner, count in cur.fetchall():
+        per_kind, per_pair = Counter(), Counter()
+        for kind, owner, count in t.fetchall(_RUNNING_COUNTS):
             per_kind[kind] += count
             per_pair[(kind, owner)] += count
-        cur.close()
         claimed = []
-        for _ in range(n):
+        while len(claimed) < n:
             row = self._next_claimable(t, now, policies, per_kind, per_pair)
             if row is None:
                 break
+            kind, owner = row["kind"], row["owner_id"]
+            if not t.sqlite and policies[kind].limited:
+                t.pg_lock(kind_lock(kind))   # held to commit: the next claimer of this kind recounts after us
+                per_kind[kind] = 0
+                for key in [k for k in per_pair if k[0] == kind]:
+                    del per_pair[key]
+                for pair_owner, count in t.fetchall(_RUNNING_OF_KIND, {"kind": kind}):
+                    per_kind[kind] += count
+                    per_pair[(kind, pair_owner)] = count
+                if policies[kind].full(per_kind[kind], per_pair[(kind, owner)]):
+                    continue  # now excluded by _next_query's filters
             token = uuid.uuid4().hex
             t.rowcount(_CLAIM, {"token": token, "owner": worker_id, "expires": now + lease_seconds,
                                 "now": now, "id": row["id"]})
-            per_kind[row["kind"]] += 1
-            per_pair[(row["kind"], row["owner_id"])] += 1
+            per_kind[kind] += 1
+            per_pair[(kind, owner)] += 1
             row.update(status=RUNNING, attempt=row["attempt"] + 1, run_token=token, lease_owner=worker_id,
                        lease_expires_at=now + lease_seconds, started_at=now, updated_at=now,
                        progress=0.0, message="started")
@@ -84,18 +98,18 @@ class ClaimStore:
 
     def _next_claimable(self, t: rawsql.Tx, now, policies, per_kind, per_pair) -> dict | None:
         # Kinds this worker does not know (a newer kind during a rolling upgrade) are skipped
-        # here rather than filtered in SQL: "kind IN (...)" tempts the planner into the kind
-        # index, which also holds every finished job.
-        sql, params = self._next_query(now, policies, per_kind, per_pair)
+        # here rather than filtered in SQL on SQLite: "kind IN (...)" tempts its planner into the
+        # kind index, which also holds every finished job.
+        sql, params = self._next_query(now, policies, per_kind, per_pair, lock_rows=not t.sqlite)
         for row in t.rows(sql, params):
             if row["kind"] in policies:
                 return row
         return None
 
     @staticmethod
-    def _next_query(now, policies, per_kind, per_pair) -> tuple[str, dict]:
+    def _next_query(now, policies, per_kind, per_pair, lock_rows: bool = False) -> tuple[str, dict]:
         """The next-jobs query, excluding kinds at their global limit and (kind, user) pairs
-        at their per-user limit."""
+        at their per-user limit; ``lock_rows`` (PostgreSQL) adds FOR UPDATE SKIP LOCKED."""
         extra, params = [], {"now": now}
         full_kinds = [k for k, p in policies.items()
                       if p.global_limit is not None and per_kind[k] >= p.global_limit]
@@ -110,7 +124,15 @@ class ClaimStore:
                 extra.append(f"NOT (kind = :xk{i} AND owner_id = :xo{i})")
                 params[f"xk{i}"], params[f"xo{i}"] = kind, owner
                 i += 1
-        return _NEXT.format(extra="".join(" AND " + e for e in extra)), params
+        if lock_rows:
+            # Lock only the row about to be claimed: a locked candidate left unclaimed would make
+            # every concurrent claimer skip it until this transaction ends. PostgreSQL's planner
+            # keeps to the partial queued index with the kinds filtered in SQL.
+            names = [f"kn{i}" for i in range(len(policies))]
+            params.update(zip(names, policies))
+            extra.append(f"kind IN ({', '.join(':' + n for n in names)})")
+        sql = _NEXT.format(extra="".join(" AND " + e for e in extra), limit=1 if lock_rows else SQLITE_BATCH)
+        return sql + (" FOR UPDATE SKIP LOCKED" if lock_rows else ""), params
 
     def renew(self, tokens: dict[str, str], lease_seconds: float) -> set[str]:
         """Extend the leases of running executions; returns the job ids this worker lost."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
+import zlib
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -31,6 +32,15 @@ class KindPolicy:
     max_attempts: int = 3
     timeout_seconds: float | None = None
 
+    @property
+    def limited(self) -> bool:
+        return self.per_user_limit is not None or self.global_limit is not None
+
+    def full(self, running: int, running_mine: int) -> bool:
+        """True if one more running job would break the global or the per-user limit."""
+        return ((self.global_limit is not None and running >= self.global_limit)
+                or (self.per_user_limit is not None and running_mine >= self.per_user_limit))
+
 
 @dataclass(frozen=True)
 class QueueBounds:
@@ -47,6 +57,11 @@ def pg_lock(conn, key: int) -> None:
 
 SUBMIT_LOCK_BASE = 7_000_000
 CLAIM_LOCK = 6_999_999
+KIND_LOCK_BASE = 5_000_000_000   # + crc32 of the kind name: one advisory lock per limited kind
+
+
+def kind_lock(kind: str) -> int:
+    return KIND_LOCK_BASE + zlib.crc32(kind.encode())
 
 
 def as_dict(row) -> dict | None:
@@ -125,6 +140,8 @@ class JobStore:
         """The claim's running limits (ClaimStore._claim_in), for one job of ``policy``."""
         if policy.name not in policies:
             return False
+        if policy.limited:
+            t.pg_lock(kind_lock(policy.name))  # as a claim of this kind does (ClaimStore._claim_in)
         if policy.global_limit is not None and \
                 t.scalar(_COUNT_RUNNING_OF_KIND, {"kind": policy.name}) >= policy.global_limit:
             return False

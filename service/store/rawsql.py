@@ -56,6 +56,12 @@ class Tx:
         cur.close()
         return n
 
+    def fetchall(self, sql: str, params: dict | None = None) -> list[tuple]:
+        cur = self.execute(sql, params)
+        rows = cur.fetchall()
+        cur.close()
+        return rows
+
     def scalar(self, sql: str, params: dict | None = None):
         cur = self.execute(sql, params)
         row = cur.fetchone()
