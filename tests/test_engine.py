@@ -1,10 +1,31 @@
-"""The dispatcher running real jobs in this process, as one gunicorn worker does."""
+"""The dispatcher running real jobs in this process, as one gunicorn worker does.
+
+Every test runs on SQLite and on PostgreSQL (a fresh schema per test, see tests/pg.py)."""
 from __future__ import annotations
 
 import time
 
+import pytest
 
 from tests.conftest import running_app, sign_up
+from tests.pg import fresh_schema_url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request):
+    if request.param == "sqlite":
+        yield None
+        return
+    with fresh_schema_url("ilgun_engine_test") as url:
+        yield url
+
+
+@pytest.fixture
+def app_factory(app_factory, database_url):
+    """conftest's factory, on this test's database."""
+    if database_url is None:
+        return app_factory
+    return lambda **overrides: app_factory(**{"DATABASE_URL": database_url, **overrides})
 
 
 def _job_dir(app, job):
@@ -110,6 +131,26 @@ def test_local_submit_starts_without_waiting_for_a_poll_tick(app_factory):
     job = admin.submit("sleep", {"duration": 0}).get_json()["data"]
     done = admin.wait(job["id"], timeout=3)
     assert done["status"] == "succeeded"
+
+
+def test_a_job_queued_by_another_worker_starts_without_waiting_for_a_poll_tick(app_factory, database_url):
+    """PostgreSQL: the submit's NOTIFY wakes every dispatcher. SQLite has no such channel
+    (other workers poll), so there this only checks the poll still finds the job."""
+    from service.runtime import start_worker_runtime
+    poll = 10.0 if database_url else 0.2
+    runner_app = app_factory(POLL_INTERVAL=poll)
+    dispatcher = start_worker_runtime(runner_app)
+    if dispatcher._listener is not None:
+        assert dispatcher._listener.listening.wait(5)
+    time.sleep(0.3)  # its claim loop is now asleep on the poll
+    front = app_factory(POLL_INTERVAL=poll)  # a worker that serves the request but runs no jobs
+    admin = sign_up(front, front.test_client(), "admin", role="admin")
+    job = admin.submit("sleep", {"duration": 0}).get_json()["data"]
+    assert job["status"] == "queued"
+    started = time.monotonic()
+    done = admin.wait(job["id"], timeout=5)
+    assert done["status"] == "succeeded"
+    assert time.monotonic() - started < 2.0  # well under the 10 s poll
 
 
 def test_stop_hands_unfinished_jobs_back_and_another_worker_finishes_them(app_factory):

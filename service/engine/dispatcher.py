@@ -25,6 +25,7 @@ from service.engine.monitor import MonitorMixin
 from service.engine.status import JobStatus
 from service.store.claims import ClaimStore
 from service.store.jobs import KindPolicy
+from service.store.listener import QueueListener, supports_notify
 from service.store.workers import WorkerStore
 from service.workspace import Workspace
 
@@ -52,6 +53,7 @@ class Dispatcher(MonitorMixin):
         self.poll_interval = float(config.get("POLL_INTERVAL", 0.5))
         self.sweep_interval = float(config.get("SWEEP_INTERVAL", 5))
         self.timeout_grace = float(config.get("TIMEOUT_GRACE", 30))
+        self.engine = engine
         self.claims = ClaimStore(engine)
         self.workers = WorkerStore(engine)
         self.policies = {name: policy_for(k, config) for name, k in self.kinds.items()}
@@ -67,6 +69,7 @@ class Dispatcher(MonitorMixin):
         self._accepting = True
         self._executor: ThreadPoolExecutor | None = None
         self._threads: list[threading.Thread] = []
+        self._listener: QueueListener | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> "Dispatcher":
@@ -77,6 +80,8 @@ class Dispatcher(MonitorMixin):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
+        if supports_notify(self.engine):
+            self._listener = QueueListener(self.engine, self.wake).start()
         log.info("dispatcher %s started with %d slots", self.worker_id, self.slots)
         return self
 
@@ -123,6 +128,8 @@ class Dispatcher(MonitorMixin):
         self._accepting = False
         self._stopping.set()
         self._wake.set()
+        if self._listener is not None:
+            self._listener.stop()
         # A claim that committed just now is only registered in _active when the claim loop
         # gets to it: wait for the loop to end so no such job escapes the hand-back.
         if self._threads:

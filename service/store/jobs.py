@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from service.engine.status import JobStatus, can_transition
 from service.errors import ConcurrencyLimit, InvalidState, NotFound, QueueFull, ServiceBusy
-from service.store import database, rawsql
+from service.store import database, listener, rawsql
 from service.store.schema import job_files, jobs
 
 QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
@@ -127,6 +127,8 @@ class JobStore:
                 t.execute(_INSERT_RUNNING_JOB, {**row, **claimed, "params": t.json(params)}).close()
                 return {**row, **_UNSET, **claimed, "position": None}, True
             t.execute(_INSERT_JOB, {**row, "params": t.json(params)}).close()
+            if not t.sqlite:
+                t.execute(listener.NOTIFY_SQL).close()  # wakes every host's dispatcher at commit
             # Everything queued now was queued earlier, so only higher priorities change who
             # is ahead; priorities are never negative.
             ahead = queued if priority == 0 else t.scalar(_COUNT_AHEAD, {"priority": priority})
@@ -247,6 +249,8 @@ class JobStore:
                 error_code=None, error_message=None, started_at=None, finished_at=None,
                 run_after=now, updated_at=now, cancel_requested=False, run_token=None,
                 lease_owner=None, lease_expires_at=None))
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(listener.NOTIFY_SQL)
             return self._get_in(conn, job_id, owner_id)
         return database.write(self.engine, tx)
 
