@@ -58,7 +58,8 @@ max_requests_jitter = _env_int(os.environ, "MAX_REQUESTS_JITTER", 200, minimum=0
 # The app reads MAX_WORKERS to size its job executor. Workers are forked from this process, so
 # setting it here reaches them; raw_env repeats it for anyone reading gunicorn's settings.
 os.environ["MAX_WORKERS"] = str(_profile.max_workers)
-raw_env = [f"MAX_WORKERS={_profile.max_workers}"]
+os.environ["WEB_THREADS"] = str(_profile.threads)   # sizes the database pool (config DB_POOL_SIZE)
+raw_env = [f"MAX_WORKERS={_profile.max_workers}", f"WEB_THREADS={_profile.threads}"]
 
 preload_app = False
 # The access log goes to stdout ("-") unless GUNICORN_ACCESSLOG names a file, or is set empty

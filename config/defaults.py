@@ -20,6 +20,11 @@ MIN_PASSWORD_LENGTH = 8
 
 # --- the job engine ------------------------------------------------------------------------
 MAX_WORKERS = 2                    # executor slots per process (gunicorn.conf.py sets it per host)
+WEB_THREADS = 2                    # request threads per process (gunicorn.conf.py sets it from the profile)
+# Database connections per process: request threads + executor slots + claim loop + monitor,
+# plus spare (0 = that sum + 2). PostgreSQL holds workers x this (+1 listener each) per host:
+# keep hosts x workers x (DB_POOL_SIZE + 1) below max_connections.
+DB_POOL_SIZE = 0
 LEASE_SECONDS = 30.0               # a running job's lease; renewed every quarter of it
 POLL_INTERVAL = 0.5                # how soon other workers notice a job submitted elsewhere
 SWEEP_INTERVAL = 5.0               # how often expired leases are looked for

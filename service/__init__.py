@@ -24,7 +24,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from service import cli
     from service.extensions import db, jwt, limiter, migrate
     from service.jobs_service import JobService
-    from service.store.database import make_engine
+    from service.store.database import db_pool_size, make_engine
     from service.web import auth, errors, jobs, security, system
     from service.web.json_provider import OrjsonProvider
     from service.web.sessions import LazyCookieSessionInterface
@@ -39,7 +39,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     security.init_app(app)
     errors.init_app(app)
 
-    engine = make_engine(app.config["DATABASE_URL"], pool_size=app.config["MAX_WORKERS"] + 4)
+    engine = make_engine(app.config["DATABASE_URL"], pool_size=db_pool_size(app.config))
     app.extensions["ilgun"] = JobService(app.config, engine)
 
     app.register_blueprint(auth.bp)

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 from service.engine.dispatcher import policy_for
 from service.errors import Forbidden, NotFound
 from service.kinds import KINDS, get_kind
+from service.store.folder_lock import AdvisoryFolderLock
 from service.store.jobs import JobStore, QueueBounds, eta_seconds
 from service.store.planner import ensure_planner_stats
 from service.store.users import UserStore
@@ -38,7 +39,10 @@ class JobService:
         self.jobs = JobStore(engine)
         self.users = UserStore(engine)
         self.workers = WorkerStore(engine)
-        self.workspace = Workspace(config["FILES_ROOT"])
+        # PostgreSQL means possibly several hosts on a shared FILES_ROOT, where file locks are
+        # unreliable: job folders are locked in the database there.
+        self.workspace = Workspace(config["FILES_ROOT"], lock_factory=(
+            (lambda job_id: AdvisoryFolderLock(engine, job_id)) if engine.dialect.name == "postgresql" else None))
         self.kinds = KINDS
         self.dispatcher = None  # set in processes that execute jobs (see service.runtime)
         self._timing_cache = None

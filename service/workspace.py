@@ -72,8 +72,11 @@ def _check_job_id(job_id: str) -> str:
 
 
 class Workspace:
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, lock_factory=None):
+        """``lock_factory(job_id)``: the lock guarding a job's folder; default a file lock under
+        ``root/locks`` (one host). Several hosts pass a database lock (store.folder_lock)."""
         self.root = Path(root)
+        self._lock_factory = lock_factory
 
     def user_dir(self, owner_id: int) -> Path:
         return self.root / "users" / str(int(owner_id))
@@ -94,7 +97,9 @@ class Workspace:
             raise PathNotAllowed("That path leaves the workspace.", details={"name": name})
         return safe_join(out, name)
 
-    def job_lock(self, job_id: str) -> FileLock:
+    def job_lock(self, job_id: str):
+        if self._lock_factory is not None:
+            return self._lock_factory(_check_job_id(job_id))
         lock_dir = self.root / "locks"
         lock_dir.mkdir(parents=True, exist_ok=True)
         return FileLock(str(lock_dir / f"{_check_job_id(job_id)}.lock"))

@@ -326,3 +326,19 @@ def test_a_kind_that_ignores_its_timeout_is_recorded_failed_anyway(app_factory, 
     assert time.monotonic() - started < 2.5  # before the kind itself returned
     time.sleep(3)  # the thread returns late: its result must not overwrite the record
     assert admin.get(f"/api/v1/jobs/{job['id']}").get_json()["data"]["status"] == "failed"
+
+
+def test_job_folders_are_locked_in_the_database_on_postgresql(app, admin, dispatcher, database_url):
+    """Hosts sharing FILES_ROOT must not rely on file locks: on PostgreSQL the folder lock is an
+    advisory lock, and a job that writes files leaves no lock file behind at any point."""
+    from filelock import FileLock
+
+    from service.store.folder_lock import AdvisoryFolderLock
+    workspace = app.extensions["ilgun"].workspace
+    lock = workspace.job_lock("0f8e6c1a-3b2d-4c5e-9f10-112233445566")
+    assert isinstance(lock, AdvisoryFolderLock if database_url else FileLock)
+    job = admin.submit("sleep", {"duration": 0.3, "steps": 3, "write_file": True}).get_json()["data"]
+    assert admin.wait(job["id"])["status"] == "succeeded"
+    if database_url:
+        assert not (workspace.root / "locks").exists()
+    assert (workspace.output_dir(job["owner_id"], job["id"]) / "sleep.txt").is_file()

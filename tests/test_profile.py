@@ -260,7 +260,7 @@ def test_cli_reports_a_bad_value_without_a_traceback():
 def load_gunicorn_conf(monkeypatch):
     """Run gunicorn.conf.py with a controlled environment and return its settings."""
     for name in (*PROFILE_VARIABLES, "HOST", "PORT", "GRACEFUL_TIMEOUT", "TIMEOUT",
-                 "MAX_REQUESTS", "MAX_REQUESTS_JITTER", "GUNICORN_ACCESSLOG"):
+                 "MAX_REQUESTS", "MAX_REQUESTS_JITTER", "GUNICORN_ACCESSLOG", "WEB_THREADS"):
         monkeypatch.delenv(name, raising=False)  # also undoes the MAX_WORKERS the file exports
 
     def load(**env: str) -> dict:
@@ -281,7 +281,7 @@ def test_gunicorn_conf_defaults(load_gunicorn_conf):
     assert conf["preload_app"] is False
     assert conf["accesslog"] == "-"
     assert conf["logger_class"] == "service.access_log.JsonAccessLogger"
-    assert conf["raw_env"] == ["MAX_WORKERS=2"]
+    assert conf["raw_env"] == ["MAX_WORKERS=2", "WEB_THREADS=2"]
     assert os.environ["MAX_WORKERS"] == "2"
 
 
@@ -294,7 +294,8 @@ def test_gunicorn_conf_from_environment(load_gunicorn_conf):
     assert conf["bind"] == "0.0.0.0:9123"
     assert (conf["graceful_timeout"], conf["timeout"]) == (45, 120)
     assert (conf["max_requests"], conf["max_requests_jitter"]) == (0, 0)
-    assert os.environ["MAX_WORKERS"] == "5" and conf["raw_env"] == ["MAX_WORKERS=5"]
+    assert os.environ["MAX_WORKERS"] == "5" and conf["raw_env"] == ["MAX_WORKERS=5", "WEB_THREADS=6"]
+    assert os.environ["WEB_THREADS"] == "6"
 
 
 def test_gunicorn_conf_brackets_ipv6_hosts(load_gunicorn_conf):
@@ -504,3 +505,10 @@ def test_access_log_lines_are_json(tmp_path):
     assert record["status"] == 202 and record["method"] == "POST" and record["path"] == "/api/v1/jobs?x=1"
     assert record["bytes"] == 321 and record["ms"] == 12.5 and record["request_id"] == "req-1"
     assert "secret" not in line  # credentials never reach the log
+
+
+def test_database_pool_is_sized_from_the_profile():
+    from service.store.database import db_pool_size
+    assert db_pool_size({"WEB_THREADS": 2, "MAX_WORKERS": 2}) == 8    # 2-core profile
+    assert db_pool_size({"WEB_THREADS": 4, "MAX_WORKERS": 3}) == 11   # 1-core profile
+    assert db_pool_size({"WEB_THREADS": 4, "MAX_WORKERS": 3, "DB_POOL_SIZE": 5}) == 5

@@ -31,6 +31,15 @@ LOCK_WAIT_SECONDS = 30.0
 LOCK_STEP_MIN, LOCK_STEP_MAX = 0.0005, 0.004
 
 
+def db_pool_size(config) -> int:
+    """Connections one serving process may hold at once: each request thread and executor slot
+    one, the claim loop and the monitor one each, plus spare (config DB_POOL_SIZE overrides)."""
+    configured = int(config.get("DB_POOL_SIZE") or 0)
+    if configured > 0:
+        return configured
+    return int(config.get("WEB_THREADS", 2)) + int(config.get("MAX_WORKERS", 2)) + 2 + 2
+
+
 def make_engine(url: str, pool_size: int = 5) -> sa.Engine:
     """Create an engine for ``url`` with the settings ilgun relies on."""
     if url.startswith("sqlite"):
@@ -43,7 +52,10 @@ def make_engine(url: str, pool_size: int = 5) -> sa.Engine:
         )
         _configure_sqlite(engine)
         return engine
-    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True)
+    # PostgreSQL: the pool is the budget (see db_pool_size); a short overflow absorbs bursts
+    # (a cleanup run, an admin page) without letting one process exhaust max_connections.
+    return sa.create_engine(url, pool_size=pool_size, max_overflow=max(2, pool_size // 2), pool_pre_ping=True,
+                            pool_timeout=30)
 
 
 def _configure_sqlite(engine: sa.Engine) -> None:
