@@ -21,8 +21,9 @@ def database_url(request):
 
 
 @pytest.fixture
-def app_factory(app_factory, database_url):
-    """conftest's factory, on this test's database."""
+def app_factory(database_url, app_factory):
+    """conftest's factory, on this test's database. database_url comes first so it is torn
+    down last: the apps' dispatchers stop before their schema is dropped."""
     if database_url is None:
         return app_factory
     return lambda **overrides: app_factory(**{"DATABASE_URL": database_url, **overrides})
