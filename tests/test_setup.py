@@ -104,3 +104,25 @@ def test_passwords_are_stored_with_scrypt(app):
         stored = conn.execute(sa.select(users.c.password_hash).where(users.c.username == "carol")).scalar_one()
     assert stored.startswith("scrypt:") and "a good long password" not in stored
     assert svc.users.authenticate("carol", "a good long password")["username"] == "carol"
+
+
+def test_the_same_migrations_build_the_schema_on_postgresql(tmp_path):
+    """`flask db upgrade` on an empty PostgreSQL schema gives exactly the declared tables."""
+    from tests.pg import fresh_schema_url
+    with fresh_schema_url("ilgun_migrate_test", create_tables=False) as url:
+        env = {**os.environ, "ILGUN_DATA": str(tmp_path), "DATABASE_URL": url}
+        flask = Path(sys.executable).parent / "flask"
+        for args in (["db", "upgrade"], ["db", "check"]):
+            run = subprocess.run([str(flask), "--app", "service", *args], cwd=ROOT, env=env,
+                                 capture_output=True, text=True, timeout=120)
+            assert run.returncode == 0, run.stderr + run.stdout
+        from alembic.autogenerate import compare_metadata
+        from alembic.migration import MigrationContext
+
+        from service.store import database
+        from service.store.schema import metadata
+        engine = database.make_engine(url)
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+            assert conn.exec_driver_sql("SELECT count(*) FROM jobs").scalar() == 0
+        engine.dispose()
