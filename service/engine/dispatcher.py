@@ -18,7 +18,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping
 
-
 from service.engine.context import RunContext
 from service.engine.kind import JobCancelled, JobFailed, JobKind, TransientJobError
 from service.engine.monitor import MonitorMixin
@@ -157,8 +156,7 @@ class Dispatcher(MonitorMixin):
             leftovers = list(self._active.values())
         for ctx in leftovers:
             asked.add(ctx.job_id)
-            self._safe(self.claims.requeue, ctx.job_id, ctx.token, run_after=time.time(),
-                       refund_attempt=True, message="handed back: worker shutting down")
+            self._safe(self._hand_back, ctx.job_id, ctx.token)
         self._monitor_stop.set()
         for t in self._threads:
             t.join(timeout=2)
@@ -210,8 +208,7 @@ class Dispatcher(MonitorMixin):
                     ctx.request_stop("shutdown")
                     self._asked_back.add(job["id"])
         if closed:  # stop() has already handed back what it knew of: hand this one back too
-            self._safe(self.claims.requeue, job["id"], ctx.token, run_after=time.time(),
-                       refund_attempt=True, message="handed back: worker shutting down")
+            self._safe(self._hand_back, job["id"], ctx.token)
             return
         try:
             self._executor.submit(self._execute, job, ctx)
@@ -260,7 +257,7 @@ class Dispatcher(MonitorMixin):
                     self._active[next_job["id"]] = next_ctx
             # The freed slot needs the claim loop unless the finish already looked for a next job
             # and no submit in this process queued one since that transaction began (jobs queued
-            # by other processes are found by the poll, as always). An empty claim transaction per
+            # by other processes are found by the poll, or on PostgreSQL their NOTIFY). An empty claim transaction per
             # job was a measurable share of a short job's cost.
             if next_job is None and (ctx.looked_for_next_at is None or self._last_queued >= ctx.looked_for_next_at):
                 self._wake.set()
@@ -318,6 +315,11 @@ class Dispatcher(MonitorMixin):
                 error_message=f"The job failed unexpectedly ({type(exc).__name__}).")
         return None
 
+    def _hand_back(self, job_id: str, token: str) -> None:
+        """Requeue a job this worker is leaving, its attempt not counted (it did nothing wrong)."""
+        self.claims.requeue(job_id, token, run_after=time.time(), refund_attempt=True,
+                            message="handed back: worker shutting down")
+
     def _discard(self, ctx: RunContext) -> None:
         """Remove the job's folder if this execution owns it (it only exists if it was locked)."""
         if ctx.folder_locked:
@@ -329,8 +331,7 @@ class Dispatcher(MonitorMixin):
             return  # another worker owns the job now; leave its files and record alone
         self._discard(ctx)
         if reason == "shutdown":
-            self.claims.requeue(job["id"], ctx.token, run_after=time.time(), refund_attempt=True,
-                                message="handed back: worker shutting down")
+            self._hand_back(job["id"], ctx.token)
         elif reason == "timeout":
             ctx.final_recorded = self.claims.finish(
                 job["id"], ctx.token, JobStatus.FAILED, error_code="TIMEOUT",
