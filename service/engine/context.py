@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from filelock import Timeout
+
 from service.engine.kind import JobCancelled, TransientJobError
 from service.workspace import safe_filename
 
@@ -97,7 +99,6 @@ class RunContext:
         """Take the job's folder lock (once); False if another execution kept it for ``timeout``."""
         if self.folder_locked or self._make_folder_lock is None:
             return True
-        from filelock import Timeout
         if self._folder_lock is None:
             self._folder_lock = self._make_folder_lock()
         try:
@@ -116,17 +117,13 @@ class RunContext:
             raise TransientJobError("WORKSPACE_BUSY", "A previous attempt of this job still holds its files.")
 
     # -- folders (made on first use: most jobs of some kinds write nothing) -----------------
-    @property
-    def _out_dir(self) -> Path:
+    def _folder_path(self, which: int) -> Path:
         if self._paths is None:
             self._paths = self._folders()
-        return self._paths[0]
+        return self._paths[which]
 
-    @property
-    def _tmp_dir(self) -> Path:
-        if self._paths is None:
-            self._paths = self._folders()
-        return self._paths[1]
+    _out_dir = property(lambda self: self._folder_path(0))
+    _tmp_dir = property(lambda self: self._folder_path(1))
 
     @property
     def workspace(self) -> Path:

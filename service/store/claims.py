@@ -14,7 +14,8 @@ import sqlalchemy as sa
 
 from service.engine.status import JobStatus
 from service.store import database, rawsql
-from service.store.jobs import CLAIM_LOCK, QUEUED, RUNNING, KindPolicy, as_dict, kind_lock, pg_lock
+from service.store.jobs import (CLAIM_LOCK, QUEUED, RUNNING, RUNNING_OF_KIND, KindPolicy, as_dict, kind_lock,
+                                pg_lock)
 from service.store.schema import jobs
 
 EWMA_WEIGHT = 0.2   # recent run times count most in the ETA
@@ -28,7 +29,6 @@ _NEXT = ("SELECT * FROM jobs WHERE status = 'queued' AND run_after <= :now{extra
          "ORDER BY priority DESC, created_at, id LIMIT {limit}")
 # Candidates read per step on SQLite: a few past the first skip kinds this worker does not know.
 SQLITE_BATCH = 16
-_RUNNING_OF_KIND = "SELECT owner_id, count(*) FROM jobs WHERE status = 'running' AND kind = :kind GROUP BY owner_id"
 _RENEW = "UPDATE jobs SET lease_expires_at = :expires WHERE id = :id AND run_token = :token AND status = 'running'"
 _PROGRESS = ("UPDATE jobs SET progress = :progress, message = :message, updated_at = :now "
              "WHERE id = :id AND run_token = :token AND status = 'running'")
@@ -80,7 +80,7 @@ class ClaimStore:
                 per_kind[kind] = 0
                 for key in [k for k in per_pair if k[0] == kind]:
                     del per_pair[key]
-                for pair_owner, count in t.fetchall(_RUNNING_OF_KIND, {"kind": kind}):
+                for pair_owner, count in t.fetchall(RUNNING_OF_KIND, {"kind": kind}):
                     per_kind[kind] += count
                     per_pair[(kind, pair_owner)] = count
                 if policies[kind].full(per_kind[kind], per_pair[(kind, owner)]):

@@ -79,9 +79,8 @@ _INSERT_COLUMNS = ("id", "owner_id", "kind", "params", "status", "priority", "pr
                    "created_at", "updated_at")
 _INSERT_JOB = (f"INSERT INTO jobs ({', '.join(_INSERT_COLUMNS)}) "
                f"VALUES ({', '.join(':' + c for c in _INSERT_COLUMNS)})")
-_COUNT_RUNNING_OF_KIND = "SELECT count(*) FROM jobs WHERE status = 'running' AND kind = :kind"
-_COUNT_RUNNING_MINE_OF_KIND = ("SELECT count(*) FROM jobs WHERE status = 'running' AND kind = :kind "
-                               "AND owner_id = :owner")
+RUNNING_OF_KIND = ("SELECT owner_id, count(*) FROM jobs WHERE status = 'running' AND kind = :kind "
+                    "GROUP BY owner_id")
 _CLAIM_COLUMNS = ("attempt", "run_token", "lease_owner", "lease_expires_at", "started_at")
 _RUNNING_INSERT_COLUMNS = tuple(c for c in _INSERT_COLUMNS if c != "attempt") + _CLAIM_COLUMNS
 _INSERT_RUNNING_JOB = (f"INSERT INTO jobs ({', '.join(_RUNNING_INSERT_COLUMNS)}) "
@@ -142,13 +141,11 @@ class JobStore:
         """The claim's running limits (ClaimStore._claim_in), for one job of ``policy``."""
         if policy.name not in policies:
             return False
-        if policy.limited:
-            t.pg_lock(kind_lock(policy.name))  # as a claim of this kind does (ClaimStore._claim_in)
-        if policy.global_limit is not None and \
-                t.scalar(_COUNT_RUNNING_OF_KIND, {"kind": policy.name}) >= policy.global_limit:
-            return False
-        return policy.per_user_limit is None or t.scalar(
-            _COUNT_RUNNING_MINE_OF_KIND, {"kind": policy.name, "owner": owner_id}) < policy.per_user_limit
+        if not policy.limited:
+            return True
+        t.pg_lock(kind_lock(policy.name))  # as a claim of this kind does (ClaimStore._claim_in)
+        running = dict(t.fetchall(RUNNING_OF_KIND, {"kind": policy.name}))
+        return not policy.full(sum(running.values()), running.get(owner_id, 0))
 
     @staticmethod
     def _check_admission(t: rawsql.Tx, owner_id: int, policy: KindPolicy, bounds: QueueBounds) -> int:
