@@ -382,3 +382,40 @@ def test_racing_claimers_never_break_running_limits(db_url, users):
         running = conn.execute(sa.text("SELECT owner_id FROM jobs WHERE status = 'running'")).scalars().all()
     assert sorted(running) == sorted(j["owner_id"] for j in claimed)
     setup.dispose()
+
+
+def test_first_finishes_of_a_kind_at_once_both_record(db_url, users):
+    """The run-time average's row is created by whichever finish comes first; two at once must
+    not fail either finish (on PostgreSQL nothing else serialises them)."""
+    from service.engine.status import JobStatus
+    setup = database.make_engine(db_url)
+    store, claims = JobStore(setup), ClaimStore(setup)
+    for round_ in range(10):
+        kind = f"fresh{round_}"
+        policy = KindPolicy(kind)
+        for _ in range(2):
+            store.submit(users[0], policy, {}, BOUNDS)
+        running = claims.claim("w", 2, {kind: policy}, 30)
+        barrier, results, errors = threading.Barrier(2), [], []
+
+        def finish(job):
+            engine = database.make_engine(db_url)
+            try:
+                barrier.wait()
+                results.append(ClaimStore(engine).finish(job["id"], job["run_token"], JobStatus.SUCCEEDED,
+                                                         result={}, duration=0.5, kind=kind, message="done"))
+            except Exception as exc:  # noqa: BLE001 - any failure is the finding
+                errors.append(repr(exc))
+            finally:
+                engine.dispose()
+
+        threads = [threading.Thread(target=finish, args=(j,)) for j in running]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert errors == [] and results == [True, True]
+        with database.read(setup) as conn:
+            samples = conn.execute(sa.text("SELECT samples FROM kind_stats WHERE kind = :k"), {"k": kind}).scalar()
+        assert samples == 2
+    setup.dispose()

@@ -38,10 +38,12 @@ _FINISH = ("UPDATE jobs SET status = :status, result = :result, error_code = :er
            "WHERE id = :id AND run_token = :token AND status = 'running'")
 _INSERT_FILE = ("INSERT INTO job_files (job_id, name, size, content_type, sha256, created_at) "
                 "VALUES (:job_id, :name, :size, :content_type, :sha256, :created_at)")
-_AVERAGE = ("UPDATE kind_stats SET avg_seconds = avg_seconds * :keep + :seconds * :weight, "
-            "samples = samples + 1, updated_at = :now WHERE kind = :kind")
-_NEW_AVERAGE = ("INSERT INTO kind_stats (kind, avg_seconds, samples, updated_at) "
-                "VALUES (:kind, :seconds, 1, :now)")
+# One statement, so two finishes of a kind's first jobs at once cannot both insert its row
+# (on PostgreSQL nothing else serialises them); SQLite and PostgreSQL share the upsert syntax.
+_AVERAGE = ("INSERT INTO kind_stats (kind, avg_seconds, samples, updated_at) VALUES (:kind, :seconds, 1, :now) "
+            "ON CONFLICT (kind) DO UPDATE SET "
+            "avg_seconds = kind_stats.avg_seconds * :keep + excluded.avg_seconds * :weight, "
+            "samples = kind_stats.samples + 1, updated_at = excluded.updated_at")
 
 
 class ClaimStore:
@@ -197,9 +199,8 @@ class ClaimStore:
 
     @staticmethod
     def _record_duration(t: rawsql.Tx, kind: str, seconds: float, now: float) -> None:
-        params = {"keep": 1 - EWMA_WEIGHT, "weight": EWMA_WEIGHT, "seconds": seconds, "now": now, "kind": kind}
-        if t.rowcount(_AVERAGE, params) == 0:
-            t.rowcount(_NEW_AVERAGE, {"kind": kind, "seconds": seconds, "now": now})
+        t.rowcount(_AVERAGE, {"keep": 1 - EWMA_WEIGHT, "weight": EWMA_WEIGHT, "seconds": seconds, "now": now,
+                              "kind": kind})
 
     def requeue(self, job_id: str, token: str, *, run_after: float, error_code: str | None = None,
                 error_message: str | None = None, refund_attempt: bool = False, message: str = "") -> bool:
