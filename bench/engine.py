@@ -3,6 +3,7 @@
 N no-op jobs per system, submitted by C client threads while the workers run them:
 
   ilgun-http        gunicorn (gthread, ILGUN_PROFILE) + SQLite WAL; jobs POSTed over HTTP
+                    (--database-url pg: a fresh PostgreSQL database; --hosts N: N gunicorn masters on it)
   ilgun-in-process  the same server; a separate process calls JobService.submit (no HTTP)
   rq                2 rq SimpleWorker processes, Redis db 15
   celery            1 Celery worker, threads pool, concurrency 2, Redis db 14 (broker + backend)
@@ -19,6 +20,7 @@ to bench/results/engine-<timestamp>.json.
     python bench/engine.py --poll-interval default --poll-interval 0.05   # ilgun at both
     python bench/engine.py --systems ilgun-http,flask-floor                # a subset
     python bench/engine.py --systems ilgun-http,celery --rounds 5          # medians over 5 rounds
+    python bench/engine.py --systems ilgun-http,celery --database-url pg --hosts 2   # PostgreSQL, 2 hosts
 
 Only 127.0.0.1 is contacted. Every process started is stopped on exit, Ctrl-C included.
 """
@@ -55,8 +57,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="ilgun POLL_INTERVAL; repeat to run ilgun at several (default: the service's, 0.5)")
     p.add_argument("--profile", default="medium", help="ILGUN_PROFILE for gunicorn (default medium: 2 cores)")
     p.add_argument("--database-url", default="",
-                   help="DATABASE_URL for ilgun (default: SQLite in a fresh temp dir); "
-                        "passed through as is, e.g. postgresql+psycopg://127.0.0.1/test")
+                   help="DATABASE_URL for ilgun (default: SQLite in a fresh temp dir); 'pg': a fresh "
+                        "PostgreSQL database ilgun_bench_<hex> on postgres@127.0.0.1:5432 for each ilgun run, "
+                        "dropped after it; anything else is passed through as is, "
+                        "e.g. postgresql+psycopg://127.0.0.1/test")
+    p.add_argument("--hosts", type=int, default=1,
+                   help="ilgun-http only: gunicorn masters ('hosts', 3 workers each with the medium profile) "
+                        "on one PostgreSQL database and one files root; client threads send submit i to "
+                        "host i mod N (default 1; more than 1 needs --database-url pg or a postgresql URL)")
     p.add_argument("--timeout", type=float, default=300,
                    help="seconds allowed per system for submitting, and again for finishing (default 300)")
     p.add_argument("--out", type=Path, help="JSON results path (default bench/results/engine-<timestamp>.json)")
@@ -71,14 +79,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown:
         p.error(f"unknown system(s): {', '.join(sorted(unknown))}")
-    if args.jobs < 1 or args.clients < 1 or args.rounds < 1:
-        p.error("--jobs, --clients and --rounds must be at least 1")
+    if args.jobs < 1 or args.clients < 1 or args.rounds < 1 or args.hosts < 1:
+        p.error("--jobs, --clients, --rounds and --hosts must be at least 1")
+    if args.hosts > 1:
+        if not (args.database_url == "pg" or args.database_url.startswith("postgresql")):
+            p.error(f"--hosts {args.hosts} needs PostgreSQL: add --database-url pg (a fresh database on "
+                    "127.0.0.1:5432) or --database-url postgresql+psycopg://...; SQLite is one host's file")
+        if "ilgun-http" not in args.systems:
+            p.error("--hosts applies to ilgun-http only; add it to --systems")
     args.poll_intervals = [None if v == "default" else float(v) for v in (args.poll_interval or ["default"])]
     return args
 
 
-def _ilgun_label(system: str, poll: float | None) -> str:
-    return system if poll is None else f"{system} poll={poll:g}s"
+def _ilgun_label(system: str, poll: float | None, database_url: str = "", hosts: int = 1) -> str:
+    """e.g. ``ilgun-http``, ``ilgun-http pg``, ``ilgun-http pg 2 hosts poll=0.05s``."""
+    parts = [system]
+    if database_url == "pg" or database_url.startswith("postgresql"):
+        parts.append("pg")
+    if hosts > 1:
+        parts.append(f"{hosts} hosts")
+    if poll is not None:
+        parts.append(f"poll={poll:g}s")
+    return " ".join(parts)
 
 
 def run_all(args: argparse.Namespace, log_dir: Path, order: list[str]) -> list[dict]:
@@ -95,11 +117,12 @@ def run_all(args: argparse.Namespace, log_dir: Path, order: list[str]) -> list[d
                 rows.append(run_floor(FloorOptions(jobs=args.jobs, clients=args.clients, timeout=args.timeout,
                                                    log_dir=log_dir, profile=args.profile), system=FLOOR_LABEL))
             elif system in runners:
+                hosts = args.hosts if system == "ilgun-http" else 1
                 for poll in args.poll_intervals:
                     opts = IlgunOptions(jobs=args.jobs, clients=args.clients, timeout=args.timeout,
                                         log_dir=log_dir, profile=args.profile, poll_interval=poll,
-                                        database_url=args.database_url, keep_data=args.keep_data)
-                    rows.append(runners[system](opts, system=_ilgun_label(system, poll)))
+                                        database_url=args.database_url, keep_data=args.keep_data, hosts=hosts)
+                    rows.append(runners[system](opts, system=_ilgun_label(system, poll, args.database_url, hosts)))
             else:
                 opts = PeerOptions(jobs=args.jobs, clients=args.clients, timeout=args.timeout, log_dir=log_dir)
                 rows.append((run_rq if system == "rq" else run_celery)(opts, dict(os.environ)))
@@ -268,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         stop_all_processes()
+        from ilgun_runner import drop_created_databases
+        drop_created_databases()   # --database-url pg: after the servers, which hold connections
     rows = [r for rows in rounds for r in rows]
     command = reproduce_command(argv)
     print()
@@ -290,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
               "duration_s": round(time.time() - started, 1), "command": command,
               "settings": {"jobs": args.jobs, "clients": args.clients, "profile": args.profile,
                            "poll_intervals": args.poll_intervals, "database_url": args.database_url or None,
-                           "rounds": args.rounds},
+                           "hosts": args.hosts, "rounds": args.rounds},
               "machine": info, "table": "\n\n".join(tables), "summary": summary,
               "ilgun_http_vs_floor": [c for rr in rounds for c in floor_comparison(rr)], "results": rows,
               "logs": str(log_dir)}

@@ -42,6 +42,25 @@ def ilgun_factory(tmp_path, request):
 
 
 @pytest.fixture
+def pg_database():
+    """The SQLAlchemy URL of a fresh PostgreSQL database, dropped afterwards (its connections
+    terminated first). Request it before ``ilgun_factory`` so the servers stop before the drop.
+    Skips when PostgreSQL is unreachable; fails instead under CI=true."""
+    from pg_support import fresh_database
+    with fresh_database("ilgun_it") as url:
+        yield url
+
+
+@pytest.fixture
+def redis_db12():
+    """redis://127.0.0.1:6379/12, flushed before and after (13-15 belong to other suites and
+    the benchmark). Skips when Redis is unreachable; fails instead under CI=true."""
+    from pg_support import flushed_redis_db
+    with flushed_redis_db(12) as url:
+        yield url
+
+
+@pytest.fixture
 def slow_files():
     server = SlowFileServer().start()
     yield server

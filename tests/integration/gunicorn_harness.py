@@ -1,6 +1,7 @@
 """Helpers for the gunicorn integration tests: a real ilgun under gunicorn, a slow file server
 for the download kind, a tiny HTTP client that opens a fresh connection per request, and
-read access to the SQLite file.
+read access to the database (the SQLite file, or PostgreSQL when the server's settings give a
+postgresql DATABASE_URL: several servers on one such database are several "hosts").
 
 Everything listens on and talks to 127.0.0.1 only, and every wait is bounded.
 """
@@ -37,7 +38,7 @@ _SCRUBBED = {
     "MAX_WORKERS", "HOST", "PORT", "GRACEFUL_TIMEOUT", "TIMEOUT", "MAX_REQUESTS",
     "MAX_REQUESTS_JITTER", "LEASE_SECONDS", "POLL_INTERVAL", "SWEEP_INTERVAL", "KIND_LIMITS",
     "SLEEP_KIND_FOR_EVERYONE", "MAX_QUEUED_PER_USER", "MAX_QUEUED_TOTAL", "SHUTDOWN_GRACE",
-    "START_DISPATCHER", "ALLOW_REGISTRATION", "FLASK_APP", "http_proxy", "https_proxy",
+    "START_DISPATCHER", "ALLOW_REGISTRATION", "FLASK_APP", "DB_POOL_SIZE", "WEB_THREADS", "http_proxy", "https_proxy",
     "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY",
 }
 
@@ -57,6 +58,16 @@ BASE_SETTINGS = {
     # gunicorn 27 otherwise opens a control socket at a fixed path shared by every instance.
     "GUNICORN_CMD_ARGS": "--no-control-socket",
 }
+
+
+def run_threads(threads: list[threading.Thread], timeout: float) -> float:
+    """Start the threads, join each for at most ``timeout`` seconds; returns the seconds taken."""
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    return time.monotonic() - started
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "condition"):
@@ -177,7 +188,11 @@ def request(port: int, method: str, path: str, body: Any = None, token: str | No
 # --- the server under test --------------------------------------------------------------------
 
 class IlgunServer:
-    """One gunicorn master (own session and process group) on a data folder."""
+    """One gunicorn master (own session and process group) on a data folder.
+
+    ``settings`` may set DATABASE_URL (postgresql+psycopg://...) and FILES_ROOT: servers sharing
+    both, and SECRET_KEY/JWT_SECRET_KEY (else each generates its own into its data folder and
+    one host's tokens are refused by the other), act as hosts of one deployment."""
 
     config_file = ROOT / "gunicorn.conf.py"
 
@@ -204,8 +219,21 @@ class IlgunServer:
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
+    @property
+    def database_url(self) -> str:
+        return self.settings.get("DATABASE_URL") or ""
+
+    @property
+    def on_postgres(self) -> bool:
+        return self.database_url.startswith("postgresql")
+
+    @property
+    def files_root(self) -> Path:
+        return Path(self.settings.get("FILES_ROOT") or self.data_dir / "files")
+
     def prepare(self) -> None:
-        """Migrate a fresh database and create the admin with the real CLI."""
+        """Migrate the database and create the admin with the real CLI. Both steps are
+        idempotent: a second host on an already migrated database runs them too."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = self.env()
         for args, extra in ((["db", "upgrade"], {}), (["create-admin"], {"ILGUN_ADMIN_PASSWORD": ADMIN_PASSWORD})):
@@ -378,6 +406,9 @@ class IlgunServer:
 
     # -- database -----------------------------------------------------------------------------
     def _select(self, sql: str) -> list[dict]:
+        if self.on_postgres:
+            import pg_support
+            return pg_support.select(self.database_url, sql)
         con = sqlite3.connect(str(self.data_dir / "ilgun.db"), timeout=15)
         con.row_factory = sqlite3.Row
         try:
@@ -386,7 +417,7 @@ class IlgunServer:
             con.close()
 
     def db_jobs(self) -> dict[str, dict]:
-        """Rows of the jobs table, read straight from the SQLite file."""
+        """Rows of the jobs table, read straight from the database (SQLite file or PostgreSQL)."""
         return {r["id"]: r for r in self._select("SELECT * FROM jobs")}
 
     def db_workers(self) -> list[dict]:

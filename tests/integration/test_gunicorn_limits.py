@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from datetime import datetime
 
-from gunicorn_harness import dump, log
+from gunicorn_harness import dump, log, run_threads
 
 
 def _ts(iso: str) -> float:
@@ -98,12 +98,7 @@ def test_rate_limit_is_shared_by_all_workers(ilgun_factory):
                 errors.append(repr(exc))
 
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(10)]
-    t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    elapsed = time.monotonic() - t0
+    elapsed = run_threads(threads, timeout=60)
     assert not errors, errors
     assert len(results) == 60
     assert elapsed < 50, "all requests must fall in one 60s window"
