@@ -61,3 +61,9 @@ DOWNLOAD_MAX_REDIRECTS = 5
 DOWNLOAD_USER_AGENT = "ilgun-downloader/0.1"
 
 LOG_LEVEL = "INFO"
+
+# --- cleanup (scripts/cleanup, run by cron) --------------------------------------------------
+# Days a finished job (its record and files) is kept, per final status.
+RESULT_TTL_DAYS = {"succeeded": 7, "failed": 30, "cancelled": 7}
+CLEANUP_GRACE_SECONDS = 3600        # orphan folders, partial and lock files younger than this stay
+USER_DISK_QUOTA_BYTES = 5 * 1024 ** 3   # per user; the cleanup reports users above it

@@ -251,16 +251,36 @@ class JobStore:
             return self._get_in(conn, job_id, owner_id)
         return database.write(self.engine, tx)
 
-    def delete(self, job_id: str, owner_id: int | None) -> dict:
-        """Delete a job that is not running (cancel it first); the caller removes its files."""
+    def delete(self, job_id: str, owner_id: int | None, expect_status: str | None = None) -> dict | None:
+        """Delete a job that is not running (cancel it first); the caller removes its files.
+        With ``expect_status``, only a job still in that status is deleted (else None)."""
         def tx(conn):
             job = self._get_in(conn, job_id, owner_id)
+            if expect_status is not None and job["status"] != expect_status:
+                return None  # changed since the caller looked (a retry queued it again)
             if job["status"] == RUNNING:
                 raise InvalidState("The job is running; cancel it first.", details={"status": RUNNING})
             conn.execute(job_files.delete().where(job_files.c.job_id == job["id"]))
             conn.execute(jobs.delete().where(jobs.c.id == job["id"]))
             return job
         return database.write(self.engine, tx)
+
+    # -- maintenance ----------------------------------------------------------------------
+    def finished_before(self, cutoffs: dict[str, float]) -> list[dict]:
+        """Jobs in a final status that finished before that status's cutoff (epoch seconds)."""
+        out = []
+        with database.read(self.engine) as conn:
+            for status, cutoff in cutoffs.items():
+                if status in ACTIVE:
+                    raise ValueError(f"{status} jobs are never expired")
+                out += [as_dict(r) for r in conn.execute(
+                    sa.select(jobs.c.id, jobs.c.owner_id, jobs.c.status, jobs.c.finished_at)
+                    .where(jobs.c.status == status, jobs.c.finished_at < cutoff))]
+        return out
+
+    def status_of(self, job_id: str) -> str | None:
+        with database.read(self.engine) as conn:
+            return conn.execute(sa.select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
 
     # -- statistics -----------------------------------------------------------------------
     def counts(self, owner_id: int | None) -> dict[str, dict[str, int]]:

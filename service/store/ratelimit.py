@@ -193,6 +193,13 @@ class DatabaseRateLimitStorage(Storage):
         database.write(self.engine, lambda conn: conn.execute(delete))
 
 
+def count_expired(engine: sa.Engine, now: float | None = None) -> int:
+    """How many counters purge_expired would delete now."""
+    with database.read(engine) as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(rate_limits).where(
+            rate_limits.c.expires_at <= (time.time() if now is None else now))).scalar_one()
+
+
 def purge_expired(engine: sa.Engine, now: float | None = None, batch_size: int = 5000) -> int:
     """Delete counters whose window has ended; returns how many were deleted.
 

@@ -119,6 +119,11 @@ class UserStore:
         with database.read(self.engine) as conn:
             return self._is_revoked(conn, jti)
 
+    def count_expired_tokens(self) -> int:
+        with database.read(self.engine) as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(token_blocklist)
+                                .where(token_blocklist.c.expires_at < self.clock())).scalar_one()
+
     def purge_expired_tokens(self) -> int:
         now = self.clock()
         return database.write(self.engine, lambda conn: conn.execute(
