@@ -265,7 +265,9 @@ class IlgunServer(HttpClient):
             "worker_restarts_max_requests": len(re.findall(r"Autorestarting worker", text)),
             "worker_timeouts": len(re.findall(r"WORKER TIMEOUT", text)),
             "database_busy_retries": len(re.findall(r"database busy, retrying write", text)),
-            "error_log_lines": len(re.findall(r" (ERROR|CRITICAL) ", text)),
+            # the app logs JSON lines ("level": "ERROR"); gunicorn's own log says [ERROR]
+            "error_log_lines": len(re.findall(r'"level": "(ERROR|CRITICAL)"|\[(ERROR|CRITICAL)\]| (ERROR|CRITICAL) ',
+                                              text)),
             "http_5xx": len(re.findall(r'"status": 5\d\d\b', text)),
             "lease_recoveries": len(re.findall(r"recovered \d+ job", text)),
         }

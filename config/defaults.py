@@ -61,6 +61,8 @@ DOWNLOAD_MAX_REDIRECTS = 5
 DOWNLOAD_USER_AGENT = "ilgun-downloader/0.1"
 
 LOG_LEVEL = "INFO"
+LOG_FORMAT = "json"                # json: one object per line (ts, level, logger, message, request_id,
+                                   # user_id, job_id, pid, exc); text: for a terminal
 
 # --- cleanup (scripts/cleanup, run by cron) --------------------------------------------------
 # Days a finished job (its record and files) is kept, per final status.

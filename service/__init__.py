@@ -17,15 +17,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # Werkzeug would answer "//" in a path with an HTML redirect; the API answers JSON.
     app.url_map.merge_slashes = False
     _apply_settings(app, settings)
-    logging.basicConfig(level=app.config["LOG_LEVEL"],
-                        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    from service import log_context
+    log_context.configure(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # import-time chatter
 
     from service import cli
     from service.extensions import db, jwt, limiter, migrate
     from service.jobs_service import JobService
     from service.store.database import db_pool_size, make_engine
-    from service.web import auth, errors, jobs, security, system
+    from service.web import auth, errors, jobs, request_ids, security, system
     from service.web.json_provider import OrjsonProvider
     from service.web.sessions import LazyCookieSessionInterface
 
@@ -36,6 +36,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     migrate.init_app(app, db, directory=str(Path(__file__).parent / "migrations"), render_as_batch=True)
     jwt.init_app(app)
     limiter.init_app(app)
+    request_ids.init_app(app)
     security.init_app(app)
     errors.init_app(app)
 

@@ -31,7 +31,7 @@ class JsonAccessLogger(glogging.Logger):
             "status": int(status) if str(status).isdigit() else status,
             "bytes": getattr(resp, "sent", None),
             "ms": round(request_time.total_seconds() * 1000, 2),
-            "request_id": environ.get("HTTP_X_REQUEST_ID"),
+            "request_id": _header(resp, "x-request-id") or environ.get("HTTP_X_REQUEST_ID"),
             "user_agent": environ.get("HTTP_USER_AGENT"),
             "pid": os.getpid(),
         }
@@ -39,3 +39,11 @@ class JsonAccessLogger(glogging.Logger):
             self.access_log.info(json.dumps(record, default=str))
         except Exception:  # gunicorn's own behaviour: a logging failure never fails the request
             self.exception("access log")
+
+
+def _header(resp, name: str) -> str | None:
+    """A response header (the app's X-Request-ID, which it generates when the client sent none)."""
+    for key, value in getattr(resp, "headers", None) or ():
+        if key.lower() == name:
+            return value
+    return None

@@ -18,6 +18,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping
 
+from service import log_context
 from service.engine.context import RunContext
 from service.engine.kind import JobCancelled, JobFailed, JobKind, TransientJobError
 from service.engine.monitor import MonitorMixin
@@ -224,6 +225,7 @@ class Dispatcher(MonitorMixin):
 
     def _execute_one(self, job: dict, ctx: RunContext) -> tuple[dict | None, RunContext | None]:
         next_job = next_ctx = None
+        log_token = log_context.job_id.set(job["id"])  # every log line of this run names the job
         try:
             # A first attempt has no folder yet and locks it on first use (RunContext); a later
             # attempt first clears what a dead attempt left, under the lock.
@@ -261,6 +263,7 @@ class Dispatcher(MonitorMixin):
             # job was a measurable share of a short job's cost.
             if next_job is None and (ctx.looked_for_next_at is None or self._last_queued >= ctx.looked_for_next_at):
                 self._wake.set()
+            log_context.job_id.reset(log_token)
         return next_job, next_ctx
 
     def _run_kind(self, job: dict, ctx: RunContext) -> dict | None:

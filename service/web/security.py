@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import current_app, g
 
+from service import log_context
 from service.extensions import jwt
 from service.web.errors import error_response
 
@@ -33,7 +34,11 @@ def init_app(app) -> None:
     @jwt.user_lookup_loader
     def _lookup(_header, payload):
         user, _revoked = _token_owner(payload)
-        return user if user and user["is_active"] else None
+        if not (user and user["is_active"]):
+            return None
+        if "user_id_token" not in g:  # every log line of this request names the user
+            g.user_id_token = log_context.user_id.set(user["id"])
+        return user
 
     @jwt.token_in_blocklist_loader
     def _revoked(_header, payload) -> bool:

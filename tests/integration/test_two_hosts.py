@@ -174,7 +174,8 @@ def test_500_jobs_submitted_to_both_hosts_run_once_each_on_both(two_hosts):
     for server in (host_a, host_b):
         text = server.log_text()
         assert "recovered" not in text, server.log_tail()
-        assert not any(m in text for m in (" ERROR ", "[ERROR]", "[CRITICAL]", "Traceback")), server.log_tail()
+        markers = (" ERROR ", "[ERROR]", "[CRITICAL]", "Traceback", '"level": "ERROR"', '"level": "CRITICAL"')
+        assert not any(m in text for m in markers), server.log_tail()
 
 
 def test_kill_9_of_a_whole_host_its_jobs_finish_on_the_other(two_hosts):
