@@ -83,6 +83,18 @@ def make_app(tmp_path: Path, migrated_db: Path, **overrides):
     return create_app(config)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def postgresql_or_none(request):
+    """Runs a test on both databases: None for SQLite (the test's own file), else the URL of a
+    fresh PostgreSQL schema holding the tables (tests/pg.py)."""
+    if request.param == "sqlite":
+        yield None
+        return
+    from tests.pg import fresh_schema_url
+    with fresh_schema_url(f"ilgun_{request.module.__name__.rsplit('.', 1)[-1]}") as url:
+        yield url
+
+
 @pytest.fixture
 def app_factory(tmp_path, migrated_db):
     apps = []

@@ -8,16 +8,11 @@ import time
 import pytest
 
 from tests.conftest import running_app, sign_up
-from tests.pg import fresh_schema_url
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request):
-    if request.param == "sqlite":
-        yield None
-        return
-    with fresh_schema_url("ilgun_engine_test") as url:
-        yield url
+@pytest.fixture
+def database_url(postgresql_or_none):
+    return postgresql_or_none
 
 
 @pytest.fixture

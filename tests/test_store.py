@@ -16,7 +16,6 @@ from service.store.claims import ClaimStore
 from service.store.jobs import JobStore, KindPolicy, QueueBounds
 from service.store.schema import jobs, metadata
 from service.store.users import UserStore
-from tests.pg import fresh_schema_url
 
 BOUNDS = QueueBounds(per_user=10_000, total=100_000)
 SLEEP = KindPolicy("sleep", max_attempts=2)
@@ -31,13 +30,9 @@ def sqlite_url(tmp_path):
     return url
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, sqlite_url):
-    if request.param == "sqlite":
-        yield sqlite_url
-        return
-    with fresh_schema_url("ilgun_store_test") as url:
-        yield url
+@pytest.fixture
+def db_url(postgresql_or_none, sqlite_url):
+    return postgresql_or_none or sqlite_url
 
 
 @pytest.fixture
@@ -64,6 +59,29 @@ def sqlite_users(sqlite_engine):
 def users(engine):
     store = UserStore(engine)
     return [store.create(f"user{i}", "password123")["id"] for i in range(3)]
+
+
+def race(db_url: str, n: int, body, timeout: float = 60) -> list[str]:
+    """Run ``body(i, engine)`` in n threads released at once, each with an engine of its own (as
+    separate gunicorn workers or hosts have); returns what they raised."""
+    barrier, errors = threading.Barrier(n), []
+
+    def run(i):
+        engine = database.make_engine(db_url)
+        try:
+            barrier.wait()
+            body(i, engine)
+        except Exception as exc:  # noqa: BLE001 - any failure is the finding
+            errors.append(repr(exc))
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return errors
 
 
 def test_wal_mode_and_pragmas(sqlite_engine):
@@ -137,22 +155,15 @@ def test_global_limit_across_claimers(engine, users):
 def test_refuse_mode_limit_is_atomic_under_racing_submits(db_url, users):
     policy = KindPolicy("crawlish", per_user_limit=1, over_limit="refuse")
     results = []
-    barrier = threading.Barrier(8)
 
-    def submit():
-        store = JobStore(database.make_engine(db_url))
-        barrier.wait()
+    def submit(_i, engine):
         try:
-            store.submit(users[0], policy, {}, BOUNDS)
+            JobStore(engine).submit(users[0], policy, {}, BOUNDS)
             results.append("ok")
         except ConcurrencyLimit:
             results.append("refused")
 
-    threads = [threading.Thread(target=submit) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    assert race(db_url, 8, submit, timeout=30) == []
     assert sorted(results) == ["ok"] + ["refused"] * 7
 
 
@@ -170,19 +181,13 @@ def test_queue_bounds(engine, users):
 
 
 def test_idempotency_key_returns_same_job_even_when_racing(db_url, users):
-    ids, barrier = [], threading.Barrier(6)
+    ids = []
 
-    def submit():
-        store = JobStore(database.make_engine(db_url))
-        barrier.wait()
-        job, _ = store.submit(users[0], SLEEP, {}, BOUNDS, idempotency_key="k-1")
+    def submit(_i, engine):
+        job, _ = JobStore(engine).submit(users[0], SLEEP, {}, BOUNDS, idempotency_key="k-1")
         ids.append(job["id"])
 
-    threads = [threading.Thread(target=submit) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    assert race(db_url, 6, submit, timeout=30) == []
     assert len(ids) == 6 and len(set(ids)) == 1
     # the same key from another user is another job
     other, created = JobStore(database.make_engine(db_url)).submit(users[1], SLEEP, {}, BOUNDS, idempotency_key="k-1")
@@ -315,28 +320,16 @@ def test_fresh_database_gets_planner_stats_that_pick_the_partial_indexes(sqlite_
 def test_a_burst_of_50_writers_never_sees_database_is_locked(db_url, users):
     """50 threads, each with its own engine (like separate processes), submit and claim at
     once: every write waits its turn; none fails with "database is locked"."""
-    errors, done = [], []
-    barrier = threading.Barrier(50)
+    done = []
 
-    def writer(n):
-        engine = database.make_engine(db_url)
+    def writer(n, engine):
         store, claims = JobStore(engine), ClaimStore(engine)
-        try:
-            barrier.wait()
-            for _ in range(4):
-                store.submit(users[n % 3], SLEEP, {"n": n}, BOUNDS)
-                claims.claim(f"w{n}", 1, {"sleep": SLEEP}, 30)
-            done.append(n)
-        except Exception as exc:  # noqa: BLE001 - any failure is the finding
-            errors.append(repr(exc))
-        finally:
-            engine.dispose()
+        for _ in range(4):
+            store.submit(users[n % 3], SLEEP, {"n": n}, BOUNDS)
+            claims.claim(f"w{n}", 1, {"sleep": SLEEP}, 30)
+        done.append(n)
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(50)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    errors = race(db_url, 50, writer, timeout=120)
     assert errors == [] and len(done) == 50
     check = database.make_engine(db_url)
     if check.dialect.name == "postgresql":
@@ -357,26 +350,13 @@ def test_racing_claimers_never_break_running_limits(db_url, users):
     store = JobStore(setup)
     for i in range(30):
         store.submit(users[i % 3], policy, {}, BOUNDS)
-    barrier = threading.Barrier(6)
-    claimed, errors = [], []
+    claimed = []
 
-    def claimer(n):
-        engine = database.make_engine(db_url)
-        try:
-            barrier.wait()
-            for _ in range(5):
-                claimed.extend(ClaimStore(engine).claim(f"w{n}", 2, {"sleep": policy}, 30))
-        except Exception as exc:  # noqa: BLE001 - any failure is the finding
-            errors.append(repr(exc))
-        finally:
-            engine.dispose()
+    def claimer(n, engine):
+        for _ in range(5):
+            claimed.extend(ClaimStore(engine).claim(f"w{n}", 2, {"sleep": policy}, 30))
 
-    threads = [threading.Thread(target=claimer, args=(n,)) for n in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert errors == []
+    assert race(db_url, 6, claimer) == []
     assert len(claimed) == 2 and len({j["owner_id"] for j in claimed}) == 2
     with database.read(setup) as conn:
         running = conn.execute(sa.text("SELECT owner_id FROM jobs WHERE status = 'running'")).scalars().all()
@@ -396,25 +376,15 @@ def test_first_finishes_of_a_kind_at_once_both_record(db_url, users):
         for _ in range(2):
             store.submit(users[0], policy, {}, BOUNDS)
         running = claims.claim("w", 2, {kind: policy}, 30)
-        barrier, results, errors = threading.Barrier(2), [], []
+        results = []
 
-        def finish(job):
-            engine = database.make_engine(db_url)
-            try:
-                barrier.wait()
-                results.append(ClaimStore(engine).finish(job["id"], job["run_token"], JobStatus.SUCCEEDED,
-                                                         result={}, duration=0.5, kind=kind, message="done"))
-            except Exception as exc:  # noqa: BLE001 - any failure is the finding
-                errors.append(repr(exc))
-            finally:
-                engine.dispose()
+        def finish(i, engine, running=running, kind=kind):
+            job = running[i]
+            results.append(ClaimStore(engine).finish(job["id"], job["run_token"], JobStatus.SUCCEEDED,
+                                                     result={}, duration=0.5, kind=kind, message="done"))
 
-        threads = [threading.Thread(target=finish, args=(j,)) for j in running]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        assert errors == [] and results == [True, True]
+        assert race(db_url, 2, finish, timeout=30) == []
+        assert results == [True, True]
         with database.read(setup) as conn:
             samples = conn.execute(sa.text("SELECT samples FROM kind_stats WHERE kind = :k"), {"k": kind}).scalar()
         assert samples == 2
