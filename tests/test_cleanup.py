@@ -1,4 +1,5 @@
-"""scripts/cleanup against a seeded database and workspace: exactly what goes and what stays."""
+"""scripts/cleanup against a seeded database and workspace: exactly what goes and what stays.
+Every test runs on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import os
@@ -15,6 +16,14 @@ from service.store.schema import jobs, rate_limits, token_blocklist
 
 ROOT = Path(__file__).resolve().parent.parent
 DAY = 86400
+
+
+@pytest.fixture
+def app_factory(postgresql_or_none, app_factory):
+    """conftest's factory, on this test's database (torn down after the apps)."""
+    if postgresql_or_none is None:
+        return app_factory
+    return lambda **overrides: app_factory(**{"DATABASE_URL": postgresql_or_none, **overrides})
 
 
 def _age(path: Path, seconds: float) -> None:
