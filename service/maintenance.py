@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from filelock import FileLock, Timeout
 
 from service.store import ratelimit
-from service.store.jobs import JobStore
+from service.store.jobs import ACTIVE, JobStore
 from service.store.users import UserStore
 from service.workspace import Workspace
 
@@ -97,7 +97,7 @@ class Cleanup:
             if not _is_uuid(job_id) or _newest_mtime(job_dir) > cutoff:
                 continue
             status = self.jobs.status_of(job_id)
-            if status in ("queued", "running"):
+            if status in ACTIVE:
                 continue
             target = job_dir if status is None else job_dir / "tmp"   # a finished job keeps out/
             if target.exists():
@@ -114,42 +114,38 @@ class Cleanup:
             job_id = lock_file.stem
             if not _is_uuid(job_id) or lock_file.stat().st_mtime > cutoff:
                 continue
-            if self.jobs.status_of(job_id) in ("queued", "running"):
-                continue
-            if report.dry_run:
-                report.item(f"lock file {lock_file.relative_to(self.workspace.root)}")
-                report.removed_paths += 1
-                continue
-            lock = FileLock(str(lock_file))
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                continue  # held: an execution still owns it
-            try:
-                report.item(f"lock file {lock_file.relative_to(self.workspace.root)}")
-                report.removed_paths += 1
-                lock_file.unlink(missing_ok=True)
-            finally:
-                lock.release()
+            if self.jobs.status_of(job_id) not in ACTIVE:
+                self._remove_unlocked(FileLock(str(lock_file)), lock_file,
+                                      f"lock file {lock_file.relative_to(self.workspace.root)}", report)
 
     def _remove_locked(self, job_id: str, path: Path, what: str, report: Report, forget_lock: bool) -> None:
-        if report.dry_run:  # taking the lock would create its file: report only
+        """Remove a job's folder (or part of it) under the job's own lock."""
+        if self._remove_unlocked(self.workspace.job_lock(job_id), path, what, report) and forget_lock:
+            self.workspace.forget_job_lock(job_id)  # no job, no execution: its lock file can go
+
+    @staticmethod
+    def _remove_unlocked(lock, path: Path, what: str, report: Report) -> bool:
+        """Remove ``path`` while holding ``lock``, taken without waiting: a held lock means an
+        execution owns the path, which is then skipped. A dry run only reports (taking a file
+        lock would create its file). True if the path was removed."""
+        if report.dry_run:
             report.item(what, _tree_size(path))
             report.removed_paths += 1
-            return
-        lock = self.workspace.job_lock(job_id)
+            return False
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            return  # an execution holds the folder: not ours to touch
+            return False
         try:
             report.item(what, _tree_size(path))
             report.removed_paths += 1
-            shutil.rmtree(path, ignore_errors=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         finally:
             lock.release()
-        if forget_lock:
-            self.workspace.forget_job_lock(job_id)  # no job, no execution: its lock file can go
+        return True
 
     # -- rows that only keep tables small -------------------------------------------------
     def _expired_rows(self, report: Report) -> None:

@@ -43,7 +43,6 @@ class Tx:
     def __init__(self, dbapi_conn, sqlite: bool):
         self.dbapi = dbapi_conn
         self.sqlite = sqlite
-        self.dialect_name = "sqlite" if sqlite else "postgresql"
 
     def execute(self, sql: str, params: dict | None = None):
         cur = self.dbapi.cursor()
