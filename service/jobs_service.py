@@ -45,6 +45,7 @@ class JobService:
             (lambda job_id: AdvisoryFolderLock(engine, job_id)) if engine.dialect.name == "postgresql" else None))
         self.kinds = KINDS
         self.dispatcher = None  # set in processes that execute jobs (see service.runtime)
+        self.observers: list = []  # engine.events.JobObserver, handed to the dispatcher
         self._timing_cache = None
         ensure_planner_stats(engine)
 

@@ -17,7 +17,7 @@ def start_worker_runtime(app, label: str = "worker") -> Dispatcher:
     if svc.dispatcher is not None:
         return svc.dispatcher
     dispatcher = Dispatcher(svc.engine, svc.kinds, app.config, svc.workspace,
-                            slots=int(app.config["MAX_WORKERS"]))
+                            slots=int(app.config["MAX_WORKERS"]), observers=svc.observers)
     svc.dispatcher = dispatcher
     dispatcher.start()
     log.info("%s: dispatcher %s running", label, dispatcher.worker_id)

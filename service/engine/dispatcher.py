@@ -42,8 +42,10 @@ def policy_for(kind: JobKind, config: Mapping[str, Any]) -> KindPolicy:
 
 class Dispatcher(MonitorMixin):
     def __init__(self, engine, kinds: Mapping[str, JobKind], config: Mapping[str, Any],
-                 workspace: Workspace, *, slots: int | None = None, worker_id: str | None = None):
+                 workspace: Workspace, *, slots: int | None = None, worker_id: str | None = None,
+                 observers: tuple = ()):
         self.kinds = dict(kinds)
+        self.observers = tuple(observers)  # JobObserver (events.py): metrics and the like
         self.config = config
         self.workspace = workspace
         self.slots = int(slots or config.get("MAX_WORKERS", 2))
@@ -287,11 +289,13 @@ class Dispatcher(MonitorMixin):
                            kind=job["kind"], message="done")
             if not self._accepting:
                 ctx.final_recorded = self.claims.finish(job_id, ctx.token, JobStatus.SUCCEEDED, **outcome)
+                self._notify_finished(ctx, JobStatus.SUCCEEDED, None)
                 return None
             ctx.looked_for_next_at = time.monotonic()
             ctx.final_recorded, next_job = self.claims.finish_and_claim(
                 job_id, ctx.token, JobStatus.SUCCEEDED,
                 claim_for=(self.worker_id, self.policies, self.lease_seconds), **outcome)
+            self._notify_finished(ctx, JobStatus.SUCCEEDED, None)
             return next_job
         except JobCancelled:
             self._stopped(job, ctx)
@@ -303,19 +307,23 @@ class Dispatcher(MonitorMixin):
                 self.claims.requeue(job_id, ctx.token, run_after=time.time() + delay, error_code=exc.code,
                                     error_message=exc.message,
                                     message=f"retrying in {delay:.1f}s after {exc.code}")
+                self._notify("job_retried", ctx.kind, exc.code)
             else:
                 ctx.final_recorded = self.claims.finish(job_id, ctx.token, JobStatus.FAILED, error_code=exc.code,
                                                         error_message=exc.message, result=_details(exc))
+                self._notify_finished(ctx, JobStatus.FAILED, exc.code)
         except JobFailed as exc:
             self._discard(ctx)
             ctx.final_recorded = self.claims.finish(job_id, ctx.token, JobStatus.FAILED, error_code=exc.code,
                                                     error_message=exc.message, result=_details(exc))
+            self._notify_finished(ctx, JobStatus.FAILED, exc.code)
         except Exception as exc:  # a bug in a kind must not take the worker down
             log.exception("job %s (%s) crashed", job_id, job["kind"])
             self._discard(ctx)
             ctx.final_recorded = self.claims.finish(
                 job_id, ctx.token, JobStatus.FAILED, error_code="INTERNAL_ERROR",
                 error_message=f"The job failed unexpectedly ({type(exc).__name__}).")
+            self._notify_finished(ctx, JobStatus.FAILED, "INTERNAL_ERROR")
         return None
 
     def _hand_back(self, job_id: str, token: str) -> None:
@@ -339,8 +347,22 @@ class Dispatcher(MonitorMixin):
             ctx.final_recorded = self.claims.finish(
                 job["id"], ctx.token, JobStatus.FAILED, error_code="TIMEOUT",
                 error_message=f"The job ran longer than {job['timeout_seconds']:.0f}s.")
+            self._notify_finished(ctx, JobStatus.FAILED, "TIMEOUT")
         else:
             ctx.final_recorded = self.claims.finish(job["id"], ctx.token, JobStatus.CANCELLED, message="cancelled")
+            self._notify_finished(ctx, JobStatus.CANCELLED, None)
+
+    # -- observers ------------------------------------------------------------------------
+    def _notify_finished(self, ctx: RunContext, status: JobStatus, error_code: str | None) -> None:
+        """Tell observers about a final state this execution recorded (a fenced write, one that
+        lost its lease, recorded nothing and is not reported)."""
+        if ctx.final_recorded:
+            self._notify("job_finished", ctx.kind, status.value, error_code,
+                         time.monotonic() - ctx.started_monotonic)
+
+    def _notify(self, event: str, *args) -> None:
+        for observer in self.observers:
+            self._safe(getattr(observer, event), *args)
 
     @staticmethod
     def _safe(fn, *args, **kwargs):

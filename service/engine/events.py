@@ -1,0 +1,17 @@
+"""What the dispatcher tells observers (metrics, for one) about the jobs it runs.
+
+Observers are called on the job's thread right after the database write, so they must be quick
+and must not raise (the dispatcher logs and ignores what they raise).
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class JobObserver(Protocol):
+    def job_finished(self, kind: str, status: str, error_code: str | None, duration: float) -> None:
+        """A final state was recorded: status is succeeded, failed or cancelled; duration is
+        seconds of this execution (this attempt)."""
+
+    def job_retried(self, kind: str, error_code: str) -> None:
+        """A transient failure sent the job back to the queue for another attempt."""
