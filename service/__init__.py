@@ -25,18 +25,21 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from service.extensions import db, jwt, limiter, migrate
     from service.jobs_service import JobService
     from service.store.database import db_pool_size, make_engine
-    from service.web import auth, errors, jobs, request_ids, security, system
+    from service.web import auth, errors, files, jobs, request_ids, security, system
+    from service.web import openapi as openapi_docs
+    from service.web import metrics as web_metrics
     from service.web.json_provider import OrjsonProvider
     from service.web.sessions import LazyCookieSessionInterface
 
     app.session_interface = LazyCookieSessionInterface()
+    app.request_class = files.UploadRequest
     app.json = OrjsonProvider(app)
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(Path(__file__).parent / "migrations"), render_as_batch=True)
+    request_ids.init_app(app)  # first: even a 429 from the default rate limit carries the request id
     jwt.init_app(app)
     limiter.init_app(app)
-    request_ids.init_app(app)
     security.init_app(app)
     errors.init_app(app)
 
@@ -45,7 +48,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(files.bp)
     app.register_blueprint(system.bp)
+    app.register_blueprint(openapi_docs.bp)
+    web_metrics.init_app(app)  # /metrics and the request timer, unless METRICS_ENABLED is off
     cli.init_app(app)
 
     if app.config["START_DISPATCHER"]:

@@ -1,4 +1,4 @@
-"""gunicorn's access log as one JSON object per line.
+"""gunicorn's access and error logs as one JSON object per line (LOG_FORMAT=json, the default).
 
 Why not gunicorn's own formatter: it builds a dict of every request header, response header
 and WSGI environ entry for each request to fill an Apache-style format string — about 7 % of a
@@ -15,6 +15,19 @@ from gunicorn import glogging
 
 
 class JsonAccessLogger(glogging.Logger):
+    def setup(self, cfg):
+        """gunicorn's own error log (master and worker lifecycle: booting, timeouts, signals) in
+        the app's JSON shape too, unless LOG_FORMAT=text or the operator gave a logging config."""
+        super().setup(cfg)
+        from config import load_config
+        from service.log_context import JsonFormatter
+
+        if load_config()["LOG_FORMAT"] != "json" or cfg.logconfig_dict or cfg.logconfig_json or cfg.logconfig:
+            return
+        for handler in self.error_log.handlers:
+            if getattr(handler, "_gunicorn", False):
+                handler.setFormatter(JsonFormatter())
+
     def access(self, resp, req, environ, request_time):
         if not self.access_log_enabled:
             return

@@ -72,3 +72,13 @@ class PathNotAllowed(ValidationError):
 class UrlNotAllowed(ValidationError):
     code = "URL_NOT_ALLOWED"
     message = "That URL is not allowed."
+
+
+class UnsupportedFileType(ValidationError):
+    code = "UNSUPPORTED_FILE_TYPE"
+    message = "That type of file is not supported."
+
+
+class QuotaExceeded(IlgunError):
+    code = "QUOTA_EXCEEDED"
+    message = "This would take you over your disk quota; delete some files first."

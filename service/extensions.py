@@ -14,6 +14,15 @@ from service.web.ratelimit_keys import rate_limit_key
 db = SQLAlchemy(metadata=metadata)
 migrate = Migrate()
 jwt = CachingJWTManager()
+
+
+def _count_breach(limit) -> None:
+    """on_breach: counts refused requests for /metrics (imported late: that module imports this one)."""
+    from service.web.metrics import count_rate_limit_breach
+    count_rate_limit_breach(limit)
+
+
 # The default limit is read from the current app's config at request time: Flask-Limiter
 # freezes limits given in config at the first init_app in a process.
-limiter = Limiter(key_func=rate_limit_key, default_limits=[lambda: current_app.config["RATELIMIT_DEFAULT"]])
+limiter = Limiter(key_func=rate_limit_key, default_limits=[lambda: current_app.config["RATELIMIT_DEFAULT"]],
+                  on_breach=_count_breach)

@@ -5,6 +5,7 @@ everyone else only their own (another user's job id answers JOB_NOT_FOUND).
 """
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,14 +13,18 @@ from typing import Any, Mapping
 
 from service.engine.dispatcher import policy_for
 from service.errors import Forbidden, NotFound
+from service.files_service import FileService
 from service.kinds import KINDS, get_kind
 from service.store.folder_lock import AdvisoryFolderLock
+from service.store.job_logs import JobLogStore
 from service.store.jobs import JobStore, QueueBounds, eta_seconds
 from service.store.planner import ensure_planner_stats
 from service.store.users import UserStore
 from service.store.workers import WorkerStore
 from service.workspace import Workspace, check_plain_name
 
+
+log = logging.getLogger(__name__)
 
 TIMING_TTL = 1.0
 
@@ -39,11 +44,13 @@ class JobService:
         self.jobs = JobStore(engine)
         self.users = UserStore(engine)
         self.workers = WorkerStore(engine)
+        self.job_logs = JobLogStore(engine)
         # PostgreSQL means possibly several hosts on a shared FILES_ROOT, where file locks are
         # unreliable: job folders are locked in the database there.
         self.workspace = Workspace(config["FILES_ROOT"], lock_factory=(
             (lambda job_id: AdvisoryFolderLock(engine, job_id)) if engine.dialect.name == "postgresql" else None))
         self.kinds = KINDS
+        self.uploads = FileService(config, engine, self.workspace)
         self.dispatcher = None  # set in processes that execute jobs (see service.runtime)
         self.observers: list = []  # engine.events.JobObserver, handed to the dispatcher
         self._timing_cache = None
@@ -62,29 +69,37 @@ class JobService:
                 kind.name == "sleep" and self.config.get("SLEEP_KIND_FOR_EVERYONE")):
             raise Forbidden(f"Only admins may submit {kind.name} jobs.", code="KIND_NOT_ALLOWED")
         clean = kind.validate(dict(params or {}), self.config)
+        if "file_id" in clean:  # a document job reads one of its owner's uploads; its name goes along
+            clean["file_name"] = self.uploads.check_owned(int(viewer["id"]), clean["file_id"])["name"]
         dispatcher = self.dispatcher
         # A free slot in this worker: the store may start the job in the submit transaction.
-        reserved = dispatcher is not None and dispatcher.reserve_slot()
+        reserved = dispatcher is not None and dispatcher.reserve_slot(kind.name)
         try:
             job, created = self.jobs.submit(int(viewer["id"]), policy_for(kind, self.config), clean, self.bounds,
                                             idempotency_key=idempotency_key,
                                             start_for=dispatcher.start_for if reserved else None)
         except BaseException:
             if reserved:
-                dispatcher.release_slot()
+                dispatcher.release_slot(kind.name)
             raise
         if reserved:
             if created and job["status"] == "running":
                 dispatcher.start_reserved(job)
             else:
-                dispatcher.release_slot()
+                dispatcher.release_slot(kind.name)
         if created and dispatcher is not None and job["status"] == "queued":
             dispatcher.wake()  # start now if this worker has a free slot
         return self.view(job), created
 
     def cancel(self, viewer, job_id: str) -> dict:
         job = self.jobs.request_cancel(job_id, _scope(viewer))
-        if self.dispatcher is not None:
+        if job["status"] == "cancelled":  # it was queued: no execution will report its end
+            for observer in self.observers:
+                try:
+                    observer.job_finished(job["kind"], "cancelled", None, None)
+                except Exception:  # metrics must never fail a cancel
+                    log.exception("observer failed")
+        elif self.dispatcher is not None:
             self.dispatcher.cancel_local(job["id"])
         return self.view(job)
 
@@ -119,6 +134,13 @@ class JobService:
                     return path, f
         raise NotFound("No such file for this job.", code="FILE_NOT_FOUND")
 
+    def log(self, viewer, job_id: str, *, after: int = 0, tail: int = 100) -> dict:
+        job = self.jobs.get(job_id, _scope(viewer))
+        lines, dropped = self.job_logs.read(job["id"], after=after, tail=tail)
+        for line in lines:
+            line["at"] = iso(line["at"])
+        return {"job_id": job["id"], "lines": lines, "dropped": dropped}
+
     def files(self, viewer, job_id: str) -> list[dict]:
         job = self.jobs.get(job_id, _scope(viewer))
         return [_file_view(f) for f in self.jobs.files(job["id"])]
@@ -139,6 +161,17 @@ class JobService:
                                "heartbeat_age": round(time.time() - w["heartbeat_at"], 1)}
                               for w in self.workers.live(stale)]
         return out
+
+    def metrics_snapshot(self) -> dict:
+        """What the metrics gauges read from the database on each scrape (service.metrics):
+        queued and running jobs per kind (every registered kind, zeros included), the oldest
+        claimable queued job's run_after per kind, and the live workers (heartbeat within
+        2 × LEASE_SECONDS, as in stats) with their executor slots."""
+        jobs = {name: {"queued": 0, "running": 0, "oldest_queued_at": None} for name in self.kinds}
+        jobs.update(self.jobs.active_by_kind())
+        workers = [{"host": w["host"], "pid": w["pid"], "slots": w["slots"]}
+                   for w in self.workers.live(self.config["LEASE_SECONDS"] * 2)]
+        return {"now": time.time(), "jobs": jobs, "workers": workers}
 
     # -- presentation ---------------------------------------------------------------------
     def _timing(self) -> tuple[dict[str, float], int]:

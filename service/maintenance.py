@@ -27,6 +27,7 @@ from filelock import FileLock, Timeout
 
 from service.store import ratelimit
 from service.store.jobs import ACTIVE, JobStore
+from service.store.uploads import UploadStore
 from service.store.users import UserStore
 from service.workspace import Workspace
 
@@ -37,6 +38,7 @@ EXIT_OK, EXIT_ERRORS, EXIT_BUSY = 0, 1, 2
 class Report:
     dry_run: bool
     deleted_jobs: int = 0
+    deleted_uploads: int = 0
     freed_bytes: int = 0
     removed_paths: int = 0
     tokens: int = 0
@@ -52,6 +54,7 @@ class Report:
     def summary(self) -> str:
         verb = "would free" if self.dry_run else "freed"
         return (f"cleanup{' (dry run)' if self.dry_run else ''}: {self.deleted_jobs} expired job(s), "
+                f"{self.deleted_uploads} expired upload(s), "
                 f"{self.removed_paths} stale path(s), {verb} {_human(self.freed_bytes)}; "
                 f"{self.tokens} revoked token(s) and {self.rate_limits} rate-limit counter(s) expired; "
                 f"{len(self.over_quota)} user(s) over quota; {len(self.errors)} error(s)")
@@ -62,10 +65,11 @@ class Cleanup:
         self.config, self.engine, self.workspace, self.clock = config, engine, workspace, clock
         self.jobs = JobStore(engine)
         self.users = UserStore(engine)
+        self.uploads = UploadStore(engine)
 
     def run(self, dry_run: bool = False, vacuum: bool = False) -> Report:
         report = Report(dry_run)
-        for step in (self._expired_jobs, self._orphan_folders, self._stale_locks, self._expired_rows,
+        for step in (self._expired_jobs, self._expired_uploads, self._orphan_folders, self._stale_locks, self._expired_rows,
                      self._disk_usage, lambda r: self._database_upkeep(r, vacuum)):
             try:
                 step(report)
@@ -85,6 +89,32 @@ class Cleanup:
                 self.workspace.remove_job(job["owner_id"], job["id"], lock_timeout=0)
             report.item(f"job {job['id']} ({job['status']}, user {job['owner_id']})", size)
             report.deleted_jobs += 1
+
+    # -- uploads past UPLOAD_TTL_DAYS that no queued or running job reads; stale upload files --
+    def _expired_uploads(self, report: Report) -> None:
+        now = self.clock()
+        in_use = self.jobs.active_file_ids()
+        for row in self.uploads.created_before(now - float(self.config["UPLOAD_TTL_DAYS"]) * 86400):
+            if row["id"] in in_use:
+                continue
+            path = self.workspace.upload_path(row["owner_id"], row["id"])
+            size = path.stat().st_size if path.is_file() else 0
+            if not report.dry_run:
+                self.uploads.delete(row["id"], None)
+                path.unlink(missing_ok=True)
+            report.item(f"upload {row['id']} ({row['name']}, user {row['owner_id']})", size)
+            report.deleted_uploads += 1
+        cutoff = now - self.config["CLEANUP_GRACE_SECONDS"]
+        # an upload a killed worker was receiving; a live one is written to, so its mtime is fresh
+        stale = [p for p in sorted(self.workspace.incoming_dir().glob("*.part")) if p.stat().st_mtime < cutoff]
+        # a stored file whose record is gone (a crash between the two)
+        stale += [p for p in sorted((self.workspace.root / "users").glob("*/uploads/*"))
+                  if _is_uuid(p.name) and p.stat().st_mtime < cutoff and not self.uploads.exists(p.name)]
+        for path in stale:
+            report.item(f"stale upload file {path.relative_to(self.workspace.root)}", path.stat().st_size)
+            report.removed_paths += 1
+            if not report.dry_run:
+                path.unlink(missing_ok=True)
 
     # -- folders no job references, and partial files of jobs that are not running --------
     def _orphan_folders(self, report: Report) -> None:

@@ -21,6 +21,9 @@ def start_worker_runtime(app, label: str = "worker") -> Dispatcher:
     svc.dispatcher = dispatcher
     dispatcher.start()
     log.info("%s: dispatcher %s running", label, dispatcher.worker_id)
+    if app.config.get("OCR_PRELOAD"):  # load and warm the OCR engine now, not on the first job
+        from service.ocr import get_cache
+        get_cache(app.config).preload(app.config["OCR_ENGINE"])
     return dispatcher
 
 

@@ -3,6 +3,8 @@
 Layout under FILES_ROOT:
     users/<owner_id>/jobs/<job_id>/out/   finished output files, listed by the API
     users/<owner_id>/jobs/<job_id>/tmp/   partial files of the running attempt
+    users/<owner_id>/uploads/<file_id>    an uploaded file (name and type in the uploads table)
+    incoming/                             uploads being received (deleted when the request ends)
     locks/<job_id>.lock                   filelock held by the execution that owns the job dir
 
 The lock lives outside the job folder so that removing the folder never removes a lock
@@ -65,10 +67,11 @@ def safe_join(base: Path, name: str) -> Path:
 
 
 def _check_job_id(job_id: str) -> str:
+    """A job or file id as it is on disk: a canonical UUID, so never a path."""
     try:
         return str(uuid.UUID(str(job_id)))
     except ValueError:
-        raise PathNotAllowed("Not a job id.", details={"job_id": str(job_id)}) from None
+        raise PathNotAllowed("Not an id.", details={"id": str(job_id)[:64]}) from None
 
 
 class Workspace:
@@ -96,6 +99,12 @@ class Workspace:
         if not Path(os.path.realpath(out)).is_relative_to(Path(os.path.realpath(self.root))):
             raise PathNotAllowed("That path leaves the workspace.", details={"name": name})
         return safe_join(out, name)
+
+    def upload_path(self, owner_id: int, file_id: str) -> Path:
+        return self.user_dir(owner_id) / "uploads" / _check_job_id(file_id)
+
+    def incoming_dir(self) -> Path:
+        return self.root / "incoming"
 
     def job_lock(self, job_id: str):
         if self._lock_factory is not None:

@@ -100,7 +100,7 @@ def test_file_range_requests(admin, finished_file):
     tail = admin.get(url, headers={"Range": "bytes=-3"})
     assert tail.status_code == 206 and tail.data == full[-3:]
     bad = admin.get(url, headers={"Range": f"bytes={len(full) + 10}-"})
-    assert bad.status_code == 416
+    assert bad.status_code == 416 and bad.headers["Content-Range"] == f"bytes */{len(full)}"
 
 
 def test_file_conditional_requests(admin, finished_file):

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from filelock import FileLock
 
-from service.store.schema import jobs, rate_limits, token_blocklist
+from service.store.schema import jobs, rate_limits, token_blocklist, uploads
 
 ROOT = Path(__file__).resolve().parent.parent
 DAY = 86400
@@ -146,7 +146,7 @@ def test_cleanup_removes_exactly_what_expired(seeded):
 
     again = _cleanup(s["app"])      # only the lock that was held last time is left to go
     assert again.returncode == 0 and again.stdout.strip().splitlines()[-1].startswith(
-        "cleanup: 0 expired job(s), 1 stale path(s)")
+        "cleanup: 0 expired job(s), 0 expired upload(s), 1 stale path(s)")
     assert not (s["locks"] / f"{s['held_id']}.lock").exists()
     assert kept == _state(s)[0]
 
@@ -164,3 +164,48 @@ def test_errors_give_a_non_zero_exit_and_a_summary(seeded):
     assert "queued jobs are never expired" in run.stderr
     assert "1 error(s)" in run.stdout.strip().splitlines()[-1]
     assert "old_queued" in _state(seeded)[0]
+
+
+def test_old_uploads_go_unless_a_waiting_job_reads_them(app, alice):
+    import io
+
+    from PIL import Image
+
+    svc = app.extensions["ilgun"]
+    ws, now = svc.workspace, time.time()
+    owner = alice.get("/api/v1/auth/me").get_json()["data"]["id"]
+
+    def upload(name):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(buf, "PNG")
+        resp = alice.client.post("/api/v1/files", data={"file": (io.BytesIO(buf.getvalue()), name)},
+                                 headers=alice.headers(), content_type="multipart/form-data")
+        return resp.get_json()["data"]["id"]
+
+    old, in_use, new = upload("old.png"), upload("in-use.png"), upload("new.png")
+    with svc.engine.begin() as conn:
+        conn.execute(uploads.update().where(uploads.c.id.in_([old, in_use])).values(created_at=now - 31 * DAY))
+        conn.execute(jobs.insert().values(
+            id=str(uuid.uuid4()), owner_id=owner, kind="sleep", params={"file_id": in_use}, status="queued",
+            attempt=0, max_attempts=3, run_after=now, created_at=now, updated_at=now))
+    incoming = ws.incoming_dir()
+    incoming.mkdir(parents=True, exist_ok=True)
+    (incoming / "upload-dead.part").write_bytes(b"x" * 300)    # a killed worker's half upload
+    _age(incoming / "upload-dead.part", 2 * 3600)
+    (incoming / "upload-live.part").write_bytes(b"x" * 300)    # being received right now
+    stray = ws.upload_path(owner, str(uuid.uuid4()))           # a file whose record is gone
+    stray.write_bytes(b"s" * 100)
+    _age(stray, 2 * 3600)
+
+    dry = _cleanup(app, "--dry-run")
+    assert dry.returncode == 0 and f"would delete upload {old} (old.png, user {owner})" in dry.stdout
+    assert ws.upload_path(owner, old).is_file()
+    run = _cleanup(app)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "1 expired upload(s), 2 stale path(s)" in run.stdout.strip().splitlines()[-1]
+    listed = {f["id"] for f in alice.get("/api/v1/files").get_json()["data"]["items"]}
+    assert listed == {in_use, new}
+    assert not ws.upload_path(owner, old).exists()
+    assert ws.upload_path(owner, in_use).is_file() and ws.upload_path(owner, new).is_file()
+    assert not (incoming / "upload-dead.part").exists() and (incoming / "upload-live.part").exists()
+    assert not stray.exists()

@@ -231,7 +231,7 @@ def test_stop_hands_back_a_job_claimed_just_before_the_stop(app_factory, monkeyp
         register(self, job, **kwargs)
 
     monkeypatch.setattr(Dispatcher, "_start", slow_register)
-    monkeypatch.setattr(Dispatcher, "reserve_slot", lambda self: False)  # through the claim loop
+    monkeypatch.setattr(Dispatcher, "reserve_slot", lambda self, kind=None: False)  # through the claim loop
     app = app_factory()
     admin = sign_up(app, app.test_client(), "admin", role="admin")
     start_worker_runtime(app)
@@ -338,3 +338,37 @@ def test_job_folders_are_locked_in_the_database_on_postgresql(app, admin, dispat
     if database_url:
         assert not (workspace.root / "locks").exists()
     assert (workspace.output_dir(job["owner_id"], job["id"]) / "sleep.txt").is_file()
+
+
+def _overlaps(jobs: list[dict], duration: float) -> int:
+    """The most jobs whose [began, began + duration) intervals overlap."""
+    edges = sorted([(j["result"]["began_at"], 1) for j in jobs] +
+                   [(j["result"]["began_at"] + duration - 0.01, -1) for j in jobs], key=lambda e: (e[0], e[1]))
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+@pytest.mark.parametrize("per_process,expected", [(1, 1), (None, 2)])
+def test_a_per_process_limit_runs_one_job_of_the_kind_at_a_time_here(app_factory, per_process, expected):
+    limits = {"sleep": {"per_process": per_process}} if per_process else {}
+    app, admin = running_app(app_factory, MAX_WORKERS=2, KIND_LIMITS=limits)
+    ids = [admin.submit("sleep", {"duration": 0.4, "steps": 2}).get_json()["data"]["id"] for _ in range(4)]
+    done = [admin.wait(i, timeout=20) for i in ids]
+    assert all(j["status"] == "succeeded" for j in done)
+    assert _overlaps(done, 0.4) == expected
+
+
+def test_local_room_hands_out_each_place_once():
+    from service.engine.local_room import LocalRoom
+    room = LocalRoom({"ocr": 1, "crawl": 2, "free": None})
+    assert room.take(["ocr"]) == {"ocr": 0, "crawl": 2}
+    assert room.take([]) == {"ocr": 1, "crawl": 0}       # the first claim still holds both crawl places
+    assert room.reserve_one("crawl", []) is False and room.reserve_one("free", []) is True
+    room.give_back({"ocr": 0, "crawl": 2})
+    assert room.reserve_one("crawl", ["crawl"]) is True   # one running, one reserved now
+    assert room.reserve_one("crawl", ["crawl"]) is False
+    room.release_one("crawl")
+    assert room.take(["crawl"], finishing="crawl") == {"ocr": 0, "crawl": 2}

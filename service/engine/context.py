@@ -12,7 +12,9 @@ from typing import Any, Mapping
 
 from filelock import Timeout
 
-from service.engine.kind import JobCancelled, TransientJobError
+from service.engine.job_log import JobLogBuffer
+from service.engine.kind import JobCancelled, JobFailed, TransientJobError
+from service.errors import PathNotAllowed
 from service.workspace import safe_filename
 
 log = logging.getLogger(__name__)
@@ -38,10 +40,17 @@ class _AtomicOutput:
         self.size = 0
 
     def write(self, data) -> int:
-        raw = data.encode() if isinstance(data, str) else data
-        self._sha.update(raw)
-        self.size += len(raw)
+        if self._sha is not None:
+            raw = data.encode() if isinstance(data, str) else data
+            self._sha.update(raw)
+            self.size += len(raw)
         return self._file.write(data)
+
+    def seek(self, *args):
+        # A writer that goes back (zipfile fixing a header: openpyxl, for one) makes the running
+        # hash wrong: the file is hashed once it is complete instead.
+        self._sha = None
+        return self._file.seek(*args)
 
     def __getattr__(self, item):
         return getattr(self._file, item)
@@ -53,7 +62,8 @@ class _AtomicOutput:
         self._file.close()
         if exc_type is None:
             os.replace(self._partial, self._final)
-            self._ctx._hashes[self.name] = self._sha.hexdigest()
+            if self._sha is not None:
+                self._ctx._hashes[self.name] = self._sha.hexdigest()
         else:
             try:
                 os.unlink(self._partial)
@@ -64,8 +74,9 @@ class _AtomicOutput:
 
 class RunContext:
     def __init__(self, job: Mapping[str, Any], config: Mapping[str, Any], folders, report_progress,
-                 folder_lock=None):
-        """``folders``: a callable returning (output folder, temp folder), called on first use."""
+                 folder_lock=None, inputs=None):
+        """``folders``: a callable returning (output folder, temp folder), called on first use;
+        ``inputs``: a callable giving the path of one of the owner's uploads by its id."""
         self.job_id: str = job["id"]
         self.owner_id: int = job["owner_id"]
         self.kind: str = job["kind"]
@@ -75,7 +86,8 @@ class RunContext:
         self.config = config
         self._folders = folders
         self._paths: tuple[Path, Path] | None = None
-        self.log = logging.getLogger(f"ilgun.job.{self.kind}")
+        self.log = logging.getLogger(f"ilgun.job.{self.kind}")  # its lines also go to the job's log
+        self.job_log = JobLogBuffer()
         self.started_monotonic = time.monotonic()
         self.stop_reason: str | None = None
         self._stop = threading.Event()
@@ -87,10 +99,12 @@ class RunContext:
         self._hashes: dict[str, str] = {}
         self.final_recorded = False  # set by the engine once this execution wrote a final state
         self.looked_for_next_at: float | None = None  # when the engine's finish began to claim a next job
+        self.claim_room: dict | None = None  # per-process room its finish's claim holds (local_room.py)
         # The job's folder lock (a callable making a filelock.FileLock), taken on first use of
         # a folder: most jobs of some kinds never touch the disk, and a lock file per job was a
         # measurable share of a short job's cost.
         self._make_folder_lock = folder_lock
+        self._inputs = inputs
         self._folder_lock = None
         self.folder_locked = False
 
@@ -174,11 +188,26 @@ class RunContext:
         if not self._report(self.job_id, self.token, percent, message):
             self.request_stop("lost")
 
+    def note(self, message: str, level: str = "INFO") -> None:
+        """A line for the job's own log only (GET /api/v1/jobs/<id>/log), not the process log."""
+        self.job_log.add(level, message)
+
     # -- files ----------------------------------------------------------------------------
     def open_output(self, name: str, mode: str = "wb") -> _AtomicOutput:
         if "r" in mode or "+" in mode:
             raise ValueError("outputs are write-only")
         return _AtomicOutput(self, safe_filename(name), mode)
+
+    def input_file(self, file_id: str) -> Path:
+        """The path of the job owner's upload ``file_id`` (checked at submit; it may have been
+        deleted since: then the job fails with FILE_NOT_FOUND)."""
+        try:
+            path = self._inputs(file_id) if self._inputs is not None else None
+        except PathNotAllowed:
+            path = None
+        if path is None or not path.is_file():
+            raise JobFailed("FILE_NOT_FOUND", "The uploaded file no longer exists.", {"file_id": str(file_id)[:64]})
+        return path
 
     def temp_path(self, name: str) -> Path:
         return self.tmp_dir / safe_filename(name)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import socket
 import threading
 import time
@@ -20,18 +19,19 @@ from typing import Any, Mapping
 
 from service import log_context
 from service.engine.context import RunContext
-from service.engine.kind import JobCancelled, JobFailed, JobKind, TransientJobError
+from service.engine.job_log import capture as job_log_capture
+from service.engine.kind import JobKind
+from service.engine.local_room import LocalRoom
 from service.engine.monitor import MonitorMixin
-from service.engine.status import JobStatus
+from service.engine.outcomes import OutcomeMixin
 from service.store.claims import ClaimStore
+from service.store.job_logs import KEEP_LINES, JobLogStore
 from service.store.jobs import KindPolicy
 from service.store.listener import QueueListener, supports_notify
 from service.store.workers import WorkerStore
 from service.workspace import Workspace
 
 log = logging.getLogger(__name__)
-
-MAX_BACKOFF = 300.0
 
 
 def policy_for(kind: JobKind, config: Mapping[str, Any]) -> KindPolicy:
@@ -40,7 +40,7 @@ def policy_for(kind: JobKind, config: Mapping[str, Any]) -> KindPolicy:
                       kind.timeout_for(config))
 
 
-class Dispatcher(MonitorMixin):
+class Dispatcher(MonitorMixin, OutcomeMixin):
     def __init__(self, engine, kinds: Mapping[str, JobKind], config: Mapping[str, Any],
                  workspace: Workspace, *, slots: int | None = None, worker_id: str | None = None,
                  observers: tuple = ()):
@@ -56,9 +56,13 @@ class Dispatcher(MonitorMixin):
         self.sweep_interval = float(config.get("SWEEP_INTERVAL", 5))
         self.timeout_grace = float(config.get("TIMEOUT_GRACE", 30))
         self.engine = engine
-        self.claims = ClaimStore(engine)
+        log_keep = int(config.get("JOB_LOG_MAX_LINES", KEEP_LINES))
+        self.claims = ClaimStore(engine, log_keep=log_keep)
+        self.job_logs = JobLogStore(engine, keep=log_keep)
+        self._log_capture = job_log_capture()
         self.workers = WorkerStore(engine)
         self.policies = {name: policy_for(k, config) for name, k in self.kinds.items()}
+        self._room = LocalRoom({name: k.process_limit_for(config) for name, k in self.kinds.items()})
         self._active: dict[str, RunContext] = {}
         self._last_queued = 0.0  # when a submit in this process last queued a job (see wake)
         self._reserved = 0  # slots promised to submissions that may start their job directly
@@ -97,7 +101,7 @@ class Dispatcher(MonitorMixin):
             self._wake.set()
 
     # -- direct start: a submission to a worker with a free slot skips the queue -----------
-    def reserve_slot(self) -> bool:
+    def reserve_slot(self, kind: str | None = None) -> bool:
         """Promise a free slot to a submission about to be written; the store starts the job
         in the submit transaction when nothing is queued ahead of it (see JobStore.submit),
         saving the claim transaction and a thread switch. Pair with start_reserved or
@@ -105,12 +109,16 @@ class Dispatcher(MonitorMixin):
         with self._lock:
             if not self._accepting or len(self._active) + self._reserved >= self.slots:
                 return False
+            if kind is not None and not self._room.reserve_one(kind, self._running_kinds()):
+                return False
             self._reserved += 1
             return True
 
-    def release_slot(self) -> None:
+    def release_slot(self, kind: str | None = None) -> None:
         with self._lock:
             self._reserved -= 1
+            if kind is not None:
+                self._room.release_one(kind)
 
     def start_reserved(self, job: dict) -> None:
         self._start(job, reserved=True)
@@ -122,6 +130,9 @@ class Dispatcher(MonitorMixin):
 
     def _free_slots(self) -> int:
         return self.slots - len(self._active) - self._reserved
+
+    def _running_kinds(self) -> list[str]:
+        return [ctx.kind for ctx in self._active.values()]
 
     def stop(self, timeout: float = 25.0) -> list[str]:
         """Stop claiming, let running jobs finish for up to ``timeout`` seconds, then hand
@@ -159,7 +170,7 @@ class Dispatcher(MonitorMixin):
             leftovers = list(self._active.values())
         for ctx in leftovers:
             asked.add(ctx.job_id)
-            self._safe(self._hand_back, ctx.job_id, ctx.token)
+            self._safe(self._hand_back, ctx.job_id, ctx.token, ctx)
         self._monitor_stop.set()
         for t in self._threads:
             t.join(timeout=2)
@@ -186,24 +197,31 @@ class Dispatcher(MonitorMixin):
             self._wake.clear()
             with self._lock:
                 free = self._free_slots()
-            if self._accepting and free > 0:
-                claimed = self._safe(self.claims.claim, self.worker_id, free, self.policies,
-                                     self.lease_seconds) or []
-                for job in claimed:
-                    self._start(job)
+                room = self._room.take(self._running_kinds()) if free > 0 else {}
+            try:
+                if self._accepting and free > 0:
+                    claimed = self._safe(self.claims.claim, self.worker_id, free, self.policies,
+                                         self.lease_seconds, room=room) or []
+                    for job in claimed:
+                        self._start(job)
+            finally:
+                with self._lock:
+                    self._room.give_back(room)
             self._wake.wait(self.poll_interval)
 
     def _context(self, job: dict) -> RunContext:
         owner, job_id = job["owner_id"], job["id"]
         return RunContext(job, self.config,
                           lambda: (self.workspace.output_dir(owner, job_id), self.workspace.tmp_dir(owner, job_id)),
-                          self.claims.progress, folder_lock=lambda: self.workspace.job_lock(job_id))
+                          self.claims.progress, folder_lock=lambda: self.workspace.job_lock(job_id),
+                          inputs=lambda file_id: self.workspace.upload_path(owner, file_id))
 
     def _start(self, job: dict, reserved: bool = False) -> None:
         ctx = self._context(job)
         with self._lock:
             if reserved:
                 self._reserved -= 1
+                self._room.release_one(job["kind"])  # it counts as running from here on
             closed = self._closed
             if not closed:
                 self._active[job["id"]] = ctx
@@ -228,6 +246,7 @@ class Dispatcher(MonitorMixin):
     def _execute_one(self, job: dict, ctx: RunContext) -> tuple[dict | None, RunContext | None]:
         next_job = next_ctx = None
         log_token = log_context.job_id.set(job["id"])  # every log line of this run names the job
+        self._log_capture.register(job["id"], ctx.job_log)
         try:
             # A first attempt has no folder yet and locks it on first use (RunContext); a later
             # attempt first clears what a dead attempt left, under the lock.
@@ -259,110 +278,16 @@ class Dispatcher(MonitorMixin):
                 self._active.pop(job["id"], None)
                 if next_ctx is not None:
                     self._active[next_job["id"]] = next_ctx
+                self._room.give_back(ctx.claim_room)
             # The freed slot needs the claim loop unless the finish already looked for a next job
             # and no submit in this process queued one since that transaction began (jobs queued
             # by other processes are found by the poll, or on PostgreSQL their NOTIFY). An empty claim transaction per
             # job was a measurable share of a short job's cost.
             if next_job is None and (ctx.looked_for_next_at is None or self._last_queued >= ctx.looked_for_next_at):
                 self._wake.set()
+            self._log_capture.unregister(job["id"])
             log_context.job_id.reset(log_token)
         return next_job, next_ctx
-
-    def _run_kind(self, job: dict, ctx: RunContext) -> dict | None:
-        """Run the kind and record the outcome; returns the next job if one was claimed for
-        this slot in the same transaction as a success."""
-        kind = self.kinds[job["kind"]]
-        owner, job_id = job["owner_id"], job["id"]
-        self._discard(ctx)
-        started = time.monotonic()
-        try:
-            result = kind.run(ctx)
-            # No flush of the last progress report: the finish writes 100 % and "done" in the
-            # same transaction, and each write costs a turn at SQLite's single write lock.
-            ctx.check_cancelled()
-            files = ctx.output_files()
-            if files:
-                self.workspace.discard_tmp(owner, job_id)
-            else:  # nothing to keep: leave no empty folders behind
-                self._discard(ctx)
-            outcome = dict(result=result, files=files, duration=time.monotonic() - started,
-                           kind=job["kind"], message="done")
-            if not self._accepting:
-                ctx.final_recorded = self.claims.finish(job_id, ctx.token, JobStatus.SUCCEEDED, **outcome)
-                self._notify_finished(ctx, JobStatus.SUCCEEDED, None)
-                return None
-            ctx.looked_for_next_at = time.monotonic()
-            ctx.final_recorded, next_job = self.claims.finish_and_claim(
-                job_id, ctx.token, JobStatus.SUCCEEDED,
-                claim_for=(self.worker_id, self.policies, self.lease_seconds), **outcome)
-            self._notify_finished(ctx, JobStatus.SUCCEEDED, None)
-            return next_job
-        except JobCancelled:
-            self._stopped(job, ctx)
-        except TransientJobError as exc:
-            self._discard(ctx)
-            if job["attempt"] < job["max_attempts"] and not ctx.cancelled:
-                delay = min(MAX_BACKOFF, kind.retry_backoff_seconds * 2 ** (job["attempt"] - 1))
-                delay *= random.uniform(0.5, 1.0)
-                self.claims.requeue(job_id, ctx.token, run_after=time.time() + delay, error_code=exc.code,
-                                    error_message=exc.message,
-                                    message=f"retrying in {delay:.1f}s after {exc.code}")
-                self._notify("job_retried", ctx.kind, exc.code)
-            else:
-                ctx.final_recorded = self.claims.finish(job_id, ctx.token, JobStatus.FAILED, error_code=exc.code,
-                                                        error_message=exc.message, result=_details(exc))
-                self._notify_finished(ctx, JobStatus.FAILED, exc.code)
-        except JobFailed as exc:
-            self._discard(ctx)
-            ctx.final_recorded = self.claims.finish(job_id, ctx.token, JobStatus.FAILED, error_code=exc.code,
-                                                    error_message=exc.message, result=_details(exc))
-            self._notify_finished(ctx, JobStatus.FAILED, exc.code)
-        except Exception as exc:  # a bug in a kind must not take the worker down
-            log.exception("job %s (%s) crashed", job_id, job["kind"])
-            self._discard(ctx)
-            ctx.final_recorded = self.claims.finish(
-                job_id, ctx.token, JobStatus.FAILED, error_code="INTERNAL_ERROR",
-                error_message=f"The job failed unexpectedly ({type(exc).__name__}).")
-            self._notify_finished(ctx, JobStatus.FAILED, "INTERNAL_ERROR")
-        return None
-
-    def _hand_back(self, job_id: str, token: str) -> None:
-        """Requeue a job this worker is leaving, its attempt not counted (it did nothing wrong)."""
-        self.claims.requeue(job_id, token, run_after=time.time(), refund_attempt=True,
-                            message="handed back: worker shutting down")
-
-    def _discard(self, ctx: RunContext) -> None:
-        """Remove the job's folder if this execution owns it (it only exists if it was locked)."""
-        if ctx.folder_locked:
-            self.workspace.discard_job_files(ctx.owner_id, ctx.job_id)
-
-    def _stopped(self, job: dict, ctx: RunContext) -> None:
-        reason = ctx.stop_reason
-        if reason == "lost":
-            return  # another worker owns the job now; leave its files and record alone
-        self._discard(ctx)
-        if reason == "shutdown":
-            self._hand_back(job["id"], ctx.token)
-        elif reason == "timeout":
-            ctx.final_recorded = self.claims.finish(
-                job["id"], ctx.token, JobStatus.FAILED, error_code="TIMEOUT",
-                error_message=f"The job ran longer than {job['timeout_seconds']:.0f}s.")
-            self._notify_finished(ctx, JobStatus.FAILED, "TIMEOUT")
-        else:
-            ctx.final_recorded = self.claims.finish(job["id"], ctx.token, JobStatus.CANCELLED, message="cancelled")
-            self._notify_finished(ctx, JobStatus.CANCELLED, None)
-
-    # -- observers ------------------------------------------------------------------------
-    def _notify_finished(self, ctx: RunContext, status: JobStatus, error_code: str | None) -> None:
-        """Tell observers about a final state this execution recorded (a fenced write, one that
-        lost its lease, recorded nothing and is not reported)."""
-        if ctx.final_recorded:
-            self._notify("job_finished", ctx.kind, status.value, error_code,
-                         time.monotonic() - ctx.started_monotonic)
-
-    def _notify(self, event: str, *args) -> None:
-        for observer in self.observers:
-            self._safe(getattr(observer, event), *args)
 
     @staticmethod
     def _safe(fn, *args, **kwargs):
@@ -371,7 +296,3 @@ class Dispatcher(MonitorMixin):
         except Exception:
             log.exception("dispatcher: %s failed", getattr(fn, "__name__", fn))
             return None
-
-
-def _details(exc: JobFailed):
-    return {"error_details": exc.details} if exc.details is not None else None

@@ -9,9 +9,10 @@ from typing import Protocol
 
 
 class JobObserver(Protocol):
-    def job_finished(self, kind: str, status: str, error_code: str | None, duration: float) -> None:
+    def job_finished(self, kind: str, status: str, error_code: str | None, duration: float | None) -> None:
         """A final state was recorded: status is succeeded, failed or cancelled; duration is
-        seconds of this execution (this attempt)."""
+        seconds of this execution (this attempt), or None when no execution ended it here (a
+        job cancelled while queued, one the lease sweep gave up on as ABANDONED)."""
 
     def job_retried(self, kind: str, error_code: str) -> None:
         """A transient failure sent the job back to the queue for another attempt."""

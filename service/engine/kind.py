@@ -53,6 +53,9 @@ class JobKind:
     over_limit: str = "queue"
     # Running jobs of this kind across all workers and hosts (None: no limit).
     global_limit: int | None = None
+    # Running jobs of this kind in one worker process (None: no limit): for kinds holding a big
+    # engine per process, so their jobs spread over workers (engine/local_room.py).
+    per_process_limit: int | None = None
     max_attempts: int = 3
     timeout_seconds: float = 3600.0
     retry_backoff_seconds: float = 2.0
@@ -75,6 +78,9 @@ class JobKind:
         """(per_user_limit, global_limit), overridable by config ``KIND_LIMITS``."""
         override = self._override(config)
         return (override.get("per_user", self.per_user_limit), override.get("global", self.global_limit))
+
+    def process_limit_for(self, config: Mapping[str, Any]) -> int | None:
+        return self._override(config).get("per_process", self.per_process_limit)
 
     def timeout_for(self, config: Mapping[str, Any]) -> float:
         return float(self._override(config).get("timeout", self.timeout_seconds))

@@ -11,6 +11,7 @@ import os
 import time
 
 from service.engine.context import RunContext
+from service.engine.job_log import FLUSH_INTERVAL
 from service.engine.status import JobStatus
 
 log = logging.getLogger("service.engine.dispatcher")
@@ -20,10 +21,13 @@ MONITOR_INTERVAL = 0.5   # cancel flags and timeouts are checked this often
 
 class MonitorMixin:
     def _monitor_loop(self) -> None:
-        next_renew = next_sweep = 0.0
+        next_renew = next_sweep = next_flush = 0.0
         while not self._monitor_stop.wait(MONITOR_INTERVAL):
             now = time.monotonic()
             self._safe(self._check_flags)
+            if now >= next_flush:
+                self._safe(self._flush_job_logs)
+                next_flush = now + FLUSH_INTERVAL
             if now >= next_renew:
                 self._safe(self._renew)
                 self._safe(self._heartbeat)
@@ -52,9 +56,26 @@ class MonitorMixin:
                     # The kind ignores its stop flag. A thread cannot be killed, so it keeps its
                     # slot until it returns, but the job must not look running forever: record
                     # the timeout here; the run token fences whatever the thread writes later.
-                    ctx.final_recorded = self.claims.finish(
-                        job_id, ctx.token, JobStatus.FAILED, error_code="TIMEOUT",
-                        error_message=f"The job ran longer than {timeout:.0f}s and did not stop.")
+                    message = f"The job ran longer than {timeout:.0f}s and did not stop."
+                    self._finish(ctx, JobStatus.FAILED, "TIMEOUT", ("ERROR", f"failed TIMEOUT: {message}"),
+                                 error_message=message)
+
+    def _flush_job_logs(self) -> None:
+        """Write what running jobs logged since the last flush, so their log is live."""
+        taken = []
+        for job_id, ctx in self._contexts().items():
+            if ctx.job_log.pending and ctx.job_log.writing.acquire(blocking=False):
+                taken.append(ctx)  # busy: its finish is writing them right now
+        if not taken:
+            return
+        try:
+            lost = self.job_logs.append_running({c.job_id: (c.token, c.job_log.take()) for c in taken})
+        finally:
+            for ctx in taken:
+                ctx.job_log.writing.release()
+        for ctx in taken:
+            if ctx.job_id in lost and not ctx.final_recorded:
+                ctx.request_stop("lost")
 
     def _renew(self) -> None:
         active = self._contexts()
@@ -66,8 +87,9 @@ class MonitorMixin:
 
     def _sweep(self) -> None:
         requeued, abandoned = self.claims.sweep()
-        for job in abandoned:
+        for job in abandoned:   # only the sweep that wrote the failure gets the job back
             self.workspace.remove_job(job["owner_id"], job["id"], lock_timeout=0.1)
+            self._notify("job_finished", job["kind"], "failed", "ABANDONED", None)
         if requeued:
             log.warning("recovered %d job(s) from dead workers: %s", len(requeued), requeued)
             self._wake.set()

@@ -203,11 +203,16 @@ class DownloadKind(JobKind):
         headers = {"Accept-Encoding": "identity"}
         if settings.user_agent:
             headers["User-Agent"] = settings.user_agent
+        ctx.note(f"GET {params['url']}")
         try:
             with guarded_session(guard, pool_size=2) as session:
                 fetched = fetch(session, params["url"], guard, max_redirects=settings.max_redirects,
                                 timeout=settings.timeout, headers=headers)
                 with fetched.response as response:
+                    ctx.note(f"HTTP {response.status_code} from {response.url}"
+                             + (f" after {len(fetched.redirects)} redirect(s)" if fetched.redirects else "")
+                             + f"; Content-Type {response.headers.get('Content-Type') or 'not given'}, "
+                             f"Content-Length {response.headers.get('Content-Length') or 'not given'}")
                     _check_status(response)
                     expected = _declared_length(response)
                     if expected is not None and expected > settings.max_bytes:
@@ -223,6 +228,7 @@ class DownloadKind(JobKind):
         except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise _network_failure(exc) from exc
         ctx.progress(100.0, f"{size} bytes")
+        ctx.note(f"saved {filename}: {size} bytes, sha256 {digest}")
         return {
             "url": params["url"],
             "final_url": response.url,

@@ -8,7 +8,20 @@ from service.engine.kind import JobCancelled, JobFailed, JobKind, TransientJobEr
 from service.errors import ValidationError
 
 MAX_DURATION = 3600.0
-FAIL_MODES = {None, "permanent", "transient", "crash"}
+FAIL_MODES = {"permanent", "transient", "crash"}
+PARAMS = {"duration", "steps", "fail", "succeed_on_attempt", "write_file", "log_steps"}
+
+
+def _number(value, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValidationError(f"{field} must be a number.", details={"field": field})
+    return float(value)
+
+
+def _integer(value, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{field} must be a whole number.", details={"field": field})
+    return int(value)
 
 
 class SleepKind(JobKind):
@@ -20,12 +33,11 @@ class SleepKind(JobKind):
     default_duration_seconds = 1.0
 
     def validate(self, params, config):
-        try:
-            duration = float(params.get("duration", 1.0))
-            steps = int(params.get("steps", 10))
-        except (TypeError, ValueError):
-            raise ValidationError("duration must be a number and steps an integer.",
-                                  details={"fields": ["duration", "steps"]}) from None
+        unknown = sorted(set(params) - PARAMS)
+        if unknown:
+            raise ValidationError(f"Unknown parameter {unknown[0]!r}.", details={"field": unknown[0]})
+        duration = _number(params.get("duration", 1.0), "duration")
+        steps = _integer(params.get("steps", 10), "steps")
         if not 0 <= duration <= MAX_DURATION:
             raise ValidationError(f"duration must be between 0 and {MAX_DURATION:.0f} seconds.",
                                   details={"field": "duration"})
@@ -36,7 +48,7 @@ class SleepKind(JobKind):
             fail = "permanent"
         if fail is False:
             fail = None
-        if fail not in FAIL_MODES:
+        if not (fail is None or (isinstance(fail, str) and fail in FAIL_MODES)):
             raise ValidationError("fail must be one of permanent, transient, crash.", details={"field": "fail"})
         out = {"duration": duration, "steps": steps}
         if fail:
@@ -44,9 +56,13 @@ class SleepKind(JobKind):
             # transient failures succeed on this attempt number (None: never)
             succeed_on = params.get("succeed_on_attempt")
             if succeed_on is not None:
-                out["succeed_on_attempt"] = int(succeed_on)
-        if params.get("write_file"):
-            out["write_file"] = True
+                out["succeed_on_attempt"] = _integer(succeed_on, "succeed_on_attempt")
+        for flag in ("write_file", "log_steps"):   # log_steps: a line per step in the job's log
+            value = params.get(flag, False)
+            if not isinstance(value, bool):
+                raise ValidationError(f"{flag} must be true or false.", details={"field": flag})
+            if value:
+                out[flag] = True
         return out
 
     def run(self, ctx):
@@ -60,6 +76,8 @@ class SleepKind(JobKind):
                 raise JobCancelled(ctx.stop_reason)
             ctx.check_cancelled()
             ctx.progress(100.0 * step / steps, f"step {step}/{steps}")
+            if ctx.params.get("log_steps"):
+                ctx.log.info("step %d of %d done", step, steps)
         fail = ctx.params.get("fail")
         succeed_on = ctx.params.get("succeed_on_attempt")
         if fail and not (succeed_on and ctx.attempt >= succeed_on):

@@ -13,7 +13,7 @@ from collections import Counter
 import sqlalchemy as sa
 
 from service.engine.status import JobStatus
-from service.store import database, rawsql
+from service.store import database, job_logs, rawsql
 from service.store.jobs import (CLAIM_LOCK, QUEUED, RUNNING, RUNNING_OF_KIND, KindPolicy, as_dict, kind_lock,
                                 pg_lock)
 from service.store.schema import jobs
@@ -47,32 +47,37 @@ _AVERAGE = ("INSERT INTO kind_stats (kind, avg_seconds, samples, updated_at) VAL
 
 
 class ClaimStore:
-    def __init__(self, engine: sa.Engine, clock=time.time):
+    def __init__(self, engine: sa.Engine, clock=time.time, log_keep: int = job_logs.KEEP_LINES):
         self.engine = engine
         self.clock = clock
+        self.log_keep = log_keep  # per job lines kept in job_logs
 
-    def claim(self, worker_id: str, n: int, policies: dict[str, KindPolicy], lease_seconds: float) -> list[dict]:
+    def claim(self, worker_id: str, n: int, policies: dict[str, KindPolicy], lease_seconds: float,
+              room: dict[str, int] | None = None) -> list[dict]:
         """Atomically move up to ``n`` claimable jobs to running for ``worker_id``.
 
         Per-user and global running limits are computed inside the same write transaction,
-        so two workers claiming at once cannot both take the last allowed slot."""
+        so two workers claiming at once cannot both take the last allowed slot. ``room``: how
+        many more jobs of a per-process limited kind this worker may take (engine/local_room.py)."""
         if n <= 0 or not policies:
             return []
-        return rawsql.write(self.engine, lambda t: self._claim_in(t, worker_id, n, policies, lease_seconds))
+        return rawsql.write(self.engine, lambda t: self._claim_in(t, worker_id, n, policies, lease_seconds, room))
 
     def _claim_in(self, t: rawsql.Tx, worker_id: str, n: int, policies: dict[str, KindPolicy],
-                  lease_seconds: float) -> list[dict]:
+                  lease_seconds: float, room: dict[str, int] | None = None) -> list[dict]:
         """On SQLite the whole claim runs under BEGIN IMMEDIATE (one writer at a time). On
         PostgreSQL claimers run side by side: candidate rows are read FOR UPDATE SKIP LOCKED, so
         two claimers never wait for or take the same row, and a kind with running limits is
         counted again under that kind's advisory lock before its job is taken."""
         now = self.clock()
+        room = dict(room or {})
+        policies = {k: p for k, p in policies.items() if room.get(k, 1) > 0}
         per_kind, per_pair = Counter(), Counter()
         for kind, owner, count in t.fetchall(_RUNNING_COUNTS):
             per_kind[kind] += count
             per_pair[(kind, owner)] += count
         claimed = []
-        while len(claimed) < n:
+        while len(claimed) < n and policies:
             row = self._next_claimable(t, now, policies, per_kind, per_pair)
             if row is None:
                 break
@@ -92,6 +97,10 @@ class ClaimStore:
                                 "now": now, "id": row["id"]})
             per_kind[kind] += 1
             per_pair[(kind, owner)] += 1
+            if kind in room:
+                room[kind] -= 1
+                if room[kind] <= 0:
+                    policies = {k: p for k, p in policies.items() if k != kind}
             row.update(status=RUNNING, attempt=row["attempt"] + 1, run_token=token, lease_owner=worker_id,
                        lease_expires_at=now + lease_seconds, started_at=now, updated_at=now,
                        progress=0.0, message="started")
@@ -168,7 +177,7 @@ class ClaimStore:
         return rawsql.write(self.engine, lambda t: self._finish_in(t, job_id, token, status, **kwargs))
 
     def finish_and_claim(self, job_id: str, token: str, status: JobStatus, *, claim_for: tuple,
-                         **kwargs) -> tuple[bool, dict | None]:
+                         room: dict[str, int] | None = None, **kwargs) -> tuple[bool, dict | None]:
         """finish(), then claim the next job for the freed slot in the same transaction: a busy
         worker pays one write transaction per job instead of two. ``claim_for`` is
         (worker_id, policies, lease_seconds)."""
@@ -177,13 +186,13 @@ class ClaimStore:
         def tx(t: rawsql.Tx):
             if not self._finish_in(t, job_id, token, status, **kwargs):
                 return False, None
-            nxt = self._claim_in(t, worker_id, 1, policies, lease_seconds)
+            nxt = self._claim_in(t, worker_id, 1, policies, lease_seconds, room)
             return True, (nxt[0] if nxt else None)
         return rawsql.write(self.engine, tx)
 
     def _finish_in(self, t: rawsql.Tx, job_id: str, token: str, status: JobStatus, *, result=None,
                    error_code=None, error_message=None, files: list[dict] = (), duration: float | None = None,
-                   message: str | None = None, kind: str | None = None) -> bool:
+                   message: str | None = None, kind: str | None = None, log_lines=()) -> bool:
         now = self.clock()
         n = t.rowcount(_FINISH, {
             "status": status.value, "result": t.json(result), "error_code": error_code,
@@ -193,6 +202,7 @@ class ClaimStore:
             return False
         for f in files:
             t.rowcount(_INSERT_FILE, dict(job_id=job_id, created_at=now, **f))
+        job_logs.append_in(t, job_id, list(log_lines), self.log_keep)
         if status == JobStatus.SUCCEEDED and duration is not None and kind:
             self._record_duration(t, kind, duration, now)
         return True
@@ -203,7 +213,8 @@ class ClaimStore:
                               "kind": kind})
 
     def requeue(self, job_id: str, token: str, *, run_after: float, error_code: str | None = None,
-                error_message: str | None = None, refund_attempt: bool = False, message: str = "") -> bool:
+                error_message: str | None = None, refund_attempt: bool = False, message: str = "",
+                log_lines=()) -> bool:
         """Put a running job back in the queue: a retry after a transient failure
         (run_after in the future) or a hand-back by a worker that is shutting down
         (refund_attempt, since the job did nothing wrong)."""
@@ -216,7 +227,10 @@ class ClaimStore:
                     else sa.func.greatest(jobs.c.attempt - 1, 0)
             res = conn.execute(jobs.update().where(
                 jobs.c.id == job_id, jobs.c.run_token == token, jobs.c.status == RUNNING).values(**values))
-            return res.rowcount == 1
+            if res.rowcount != 1:
+                return False
+            job_logs.append_conn(conn, job_id, list(log_lines), self.log_keep)
+            return True
         return database.write(self.engine, tx)
 
     def sweep(self) -> tuple[list[str], list[dict]]:
@@ -234,15 +248,17 @@ class ClaimStore:
                 base = jobs.update().where(jobs.c.id == job.id, jobs.c.run_token == job.run_token,
                                            jobs.c.status == RUNNING)
                 if job.attempt < job.max_attempts:
+                    line = f"requeued: worker {job.lease_owner} stopped responding"
                     conn.execute(base.values(status=QUEUED, run_token=None, lease_owner=None,
-                                             lease_expires_at=None, run_after=now, updated_at=now,
-                                             message=f"requeued: worker {job.lease_owner} stopped responding"))
+                                             lease_expires_at=None, run_after=now, updated_at=now, message=line))
                     requeued.append(job.id)
                 else:
+                    line = f"failed ABANDONED: worker lost {job.attempt} times; giving up"
                     conn.execute(base.values(status=JobStatus.FAILED.value, run_token=None, lease_owner=None,
                                              lease_expires_at=None, finished_at=now, updated_at=now,
                                              error_code="ABANDONED",
                                              error_message=f"Worker lost {job.attempt} times; giving up."))
                     abandoned.append(as_dict(job))
+                job_logs.append_conn(conn, job.id, [(now, "WARNING", line)], self.log_keep)
             return requeued, abandoned
         return database.write(self.engine, tx)

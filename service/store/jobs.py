@@ -85,6 +85,8 @@ _CLAIM_COLUMNS = ("attempt", "run_token", "lease_owner", "lease_expires_at", "st
 _RUNNING_INSERT_COLUMNS = tuple(c for c in _INSERT_COLUMNS if c != "attempt") + _CLAIM_COLUMNS
 _INSERT_RUNNING_JOB = (f"INSERT INTO jobs ({', '.join(_RUNNING_INSERT_COLUMNS)}) "
                        f"VALUES ({', '.join(':' + c for c in _RUNNING_INSERT_COLUMNS)})")
+_QUEUED_BY_KIND = "SELECT kind, count(*), min(run_after) FROM jobs WHERE status = 'queued' GROUP BY kind"
+_RUNNING_BY_KIND = "SELECT kind, count(*) FROM jobs WHERE status = 'running' GROUP BY kind"
 _UNSET = dict(started_at=None, finished_at=None, result=None, error_code=None, error_message=None,
               run_token=None, lease_owner=None, lease_expires_at=None)
 
@@ -278,6 +280,12 @@ class JobStore:
                     .where(jobs.c.status == status, jobs.c.finished_at < cutoff))]
         return out
 
+    def active_file_ids(self) -> set[str]:
+        """The uploads that queued or running jobs will read (their params' file_id)."""
+        with database.read(self.engine) as conn:
+            rows = conn.execute(sa.select(jobs.c.params).where(jobs.c.status.in_(ACTIVE))).scalars()
+            return {p["file_id"] for p in rows if isinstance(p, dict) and isinstance(p.get("file_id"), str)}
+
     def status_of(self, job_id: str) -> str | None:
         with database.read(self.engine) as conn:
             return conn.execute(sa.select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
@@ -292,6 +300,22 @@ class JobStore:
         with database.read(self.engine) as conn:
             for kind, status, n in conn.execute(q):
                 out.setdefault(kind, {})[status] = n
+        return out
+
+    def active_by_kind(self) -> dict[str, dict[str, float | None]]:
+        """{kind: {"queued": n, "running": n, "oldest_queued_at": t | None}} over everyone's jobs,
+        for the metrics gauges (read on every scrape). Unlike counts(), which groups the whole
+        table, each query reads only its status's partial index (status as a literal, so
+        SQLite's planner can use it), however many finished jobs there are.
+        ``oldest_queued_at`` is the smallest run_after of the kind's queued jobs: in the past
+        for the job that has waited longest to be claimable, in the future when every queued
+        job is still in its retry backoff."""
+        out: dict[str, dict[str, float | None]] = {}
+        with database.read(self.engine) as conn:
+            for kind, n, oldest in conn.execute(sa.text(_QUEUED_BY_KIND)):
+                out[kind] = {"queued": n, "running": 0, "oldest_queued_at": oldest}
+            for kind, n in conn.execute(sa.text(_RUNNING_BY_KIND)):
+                out.setdefault(kind, {"queued": 0, "running": 0, "oldest_queued_at": None})["running"] = n
         return out
 
     def queue_position(self, job: dict) -> int | None:

@@ -56,6 +56,7 @@ jobs = sa.Table(
     sa.Column("result", sa.JSON, nullable=True),
     sa.Column("error_code", sa.String(64), nullable=True),
     sa.Column("error_message", sa.Text, nullable=True),
+    sa.Column("log_dropped", sa.Integer, nullable=False, server_default="0"),  # job_logs lines trimmed away
     sa.UniqueConstraint("owner_id", "idempotency_key", name="uq_jobs_owner_idempotency"),
 )
 # Partial indexes: they hold only queued or running rows, so the claim, the limit counts and the
@@ -85,6 +86,33 @@ job_files = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.UniqueConstraint("job_id", "name", name="uq_job_files_job_name"),
 )
+
+# The last lines each job wrote (service/engine/job_log.py); id orders them across attempts
+# and hosts and is the ``seq`` readers page on.
+job_logs = sa.Table(
+    "job_logs", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String(36), sa.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("level", sa.String(10), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+)
+sa.Index("ix_job_logs_job_id", job_logs.c.job_id, job_logs.c.id)
+
+# Files users uploaded for document jobs (POST /api/v1/files); the bytes live in the owner's
+# workspace under uploads/<id>, and file_type is what their content is (service/filetypes.py).
+uploads = sa.Table(
+    "uploads", metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("owner_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("file_type", sa.String(16), nullable=False),
+    sa.Column("content_type", sa.String(255), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+sa.Index("ix_uploads_owner_created", uploads.c.owner_id, uploads.c.created_at)
 
 workers = sa.Table(
     "workers", metadata,

@@ -14,8 +14,8 @@ from service.web.ratelimit_keys import login_key
 
 bp = Blueprint("auth", __name__, url_prefix="/api/v1/auth")
 
-USERNAME = re.compile(r"^[A-Za-z0-9_.-]{3,32}$")
-EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,}$")
+USERNAME = re.compile(r"[A-Za-z0-9_.-]{3,32}")   # used with fullmatch: "$" would let a final newline in
+EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,}")
 
 
 def _users():
@@ -47,14 +47,16 @@ def register():
     raw_username = body.get("username")
     username = raw_username.strip() if isinstance(raw_username, str) else ""
     password = body.get("password")
-    email = body.get("email") or None
+    email = body.get("email")
+    if email == "":  # an HTML form's empty field
+        email = None
     problems = {}
-    if not USERNAME.match(username):
+    if not USERNAME.fullmatch(username):
         problems["username"] = "3–32 letters, digits, '_', '.' or '-'"
     if not isinstance(password, str) or len(password) < current_app.config["MIN_PASSWORD_LENGTH"] \
             or len(password) > 256:
         problems["password"] = f"at least {current_app.config['MIN_PASSWORD_LENGTH']} characters (at most 256)"
-    if email is not None and (not isinstance(email, str) or not EMAIL.match(email)):
+    if email is not None and (not isinstance(email, str) or not EMAIL.fullmatch(email)):
         problems["email"] = "not an email address"
     if problems:
         raise ValidationError("Some fields are not valid.", details=problems)

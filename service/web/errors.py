@@ -11,6 +11,8 @@ from service import errors as e
 log = logging.getLogger(__name__)
 
 STATUS_BY_ERROR: list[tuple[type[e.IlgunError], int]] = [
+    (e.UnsupportedFileType, 415),
+    (e.QuotaExceeded, 413),
     (e.PathNotAllowed, 400),
     (e.UrlNotAllowed, 400),
     (e.ValidationError, 400),
@@ -60,7 +62,8 @@ def init_app(app) -> None:
         message = exc.description or exc.name
         if status == 429:
             message = f"Too many requests: limit {exc.description}." if exc.description else "Too many requests."
-        headers = {k: v for k, v in exc.get_headers() if k.lower() in {"retry-after", "allow", "www-authenticate"}}
+        headers = {k: v for k, v in exc.get_headers()
+                   if k.lower() in {"retry-after", "allow", "www-authenticate", "content-range"}}
         return error_response(status, code, message, headers=headers)
 
     @app.errorhandler(Exception)

