@@ -2,35 +2,40 @@
 pages with the same parallelism, GET /api/v1/jobs/<id> latency while every OCR slot is busy
 against idle, and the memory (PSS) of every gunicorn worker, in one run.
 
-    .venv/bin/python bench/ocr.py                        # PaddleOCR, 8 A4 pages, ~4-5 minutes
+    .venv/bin/python bench/ocr.py                        # PaddleOCR, 8 A4 pages x 2, ~5 minutes
     .venv/bin/python bench/ocr.py --engine tesseract --pages 16
     .venv/bin/python bench/ocr.py --input pdf            # the same pages as one-page image PDFs
 
 1. N A4 pages (service/ocr/samples.a4_page, 150 dpi, seeds 0..N-1) are written as PNG files
    (or image-only PDFs) to a temp dir. Both sides read these very files through the service's
-   own reader (service.ocr.open_document) and its engine cache.
-2. Raw: ``--procs`` processes (spawned, one engine each, the service's settings) share one
-   queue of the N pages: a cold pass (each process builds its engine on its first page, as a
-   gunicorn worker does on its first OCR job), then, after a barrier, a warm pass over the same
-   N pages.
-3. Service: a real gunicorn (``ILGUN_PROFILE=medium``: 3 workers x 2 threads, 2 executor slots
-   each; ocr kind: as many at once as cores, one per worker; rate limits off;
+   own reader (service.ocr.open_document) and engine cache, with the service's settings.
+2. Raw: ``--procs`` processes (default: the usable cores; spawned, one engine each) share one
+   queue holding the N pages ``--repeat`` times (default 2). Each builds its engine on its
+   first page, as a gunicorn worker does on its first OCR job.
+3. Service: a real gunicorn (``ILGUN_PROFILE=medium``: 3 workers x 2 threads, 2 executor
+   slots each; ocr kind: as many at once as cores, one per worker; rate limits off;
    ``OCR_ENGINE_IDLE_TTL=--idle-ttl``) in a fresh data dir. The pages are uploaded first
-   (POST /api/v1/files), then one ``ocr`` job per page is submitted at once, so the queue stays
-   full: a cold pass (no worker has loaded the engine), then a warm pass of the same N pages.
-   pages/s = N / (first started_at -> last finished_at); the wall figure runs from the first
-   submit to the last finished_at. The job status is polled once a second (GET /api/v1/stats).
-4. Latency: ``--latency-requests`` GETs of one job from ``--latency-threads`` client threads,
-   idle (before any OCR, and again after the runs with the engines still loaded) and while
-   every OCR slot is busy (a third pass of jobs, so the throughput passes are not disturbed).
-   Client-side round trips, and the server's own time from the access log (X-Request-ID).
+   (POST /api/v1/files); then one ``ocr`` job per page of the same stream is submitted at
+   once, so the queue stays full. The status is polled once a second (GET /api/v1/stats) and
+   the times are the job records' started_at / finished_at.
+   Both sides get the same three figures: "steady" = per process or worker, the pages after
+   its first one (engine start and warm-up) over the time they took, summed; "first start ->
+   last finish" = all pages over that window (engine starts and the tail included); "wall" =
+   from spawning the raw processes / the first submit to the last page.
+4. Latency: ``--latency-requests`` GETs of one (finished, small) job from
+   ``--latency-threads`` client threads: idle before any OCR, while every OCR slot runs a job
+   (a separate pass of jobs, so the throughput stream is not disturbed; only requests whose
+   midpoint had every slot busy count), and idle again with the engines still loaded.
+   Client round trips, and the server's own time from the JSON access log (X-Request-ID).
 5. Memory: PSS and RSS (/proc/<pid>/smaps_rollup) of the gunicorn master and workers every
    0.5 s: before any OCR, peak, steady (after the runs, engine loaded) and after the idle TTL
-   released the engines; VmHWM is the exact peak RSS.
+   released the engines; VmHWM gives the exact peak RSS.
 
-The CPU of the processes measured and of the whole machine is sampled too: "other CPU" is what
-the rest of the machine (other tenants, this script) used during a window, in cores. Prints a
-table and a JSON summary, and writes bench/results/ocr-<engine>-<timestamp>.json. Only
+CPU is sampled too (/proc): the processes measured, this script, and the whole machine. "other
+CPU" is what the rest of the machine (other tenants) used during a window, in cores; on a
+shared 2-core box it moves the pages/s of either side, so the report also gives the ratios
+with it taken out (pages per CPU-second; pages/s per core left free). Prints a table and a JSON
+summary, and writes bench/results/ocr-<engine>-<timestamp>.json (logs next to it). Only
 127.0.0.1 is contacted; every process started is stopped on exit, Ctrl-C included.
 """
 from __future__ import annotations
@@ -107,6 +112,8 @@ def memory(pid: int | str = "self") -> dict | None:
             for line in f:
                 if line.startswith("VmHWM:"):
                     out["hwm_mb"] = round(int(line.split()[1]) / 1024, 1)
+                elif line.startswith("Threads:"):
+                    out["threads"] = int(line.split()[1])
     except (OSError, ValueError, IndexError):
         return None
     return out if "pss_mb" in out else None
@@ -181,22 +188,26 @@ class Sampler(threading.Thread):
         measured exactly elsewhere), this script, and the rest ("other")."""
         machine = (self._at(t1, lambda r: r["machine_s"]) or 0) - (self._at(t0, lambda r: r["machine_s"]) or 0)
         mine = (self._at(t1, lambda r: r["self_s"]) or 0) - (self._at(t0, lambda r: r["self_s"]) or 0)
-        if tracked_cpu is None:
-            pids = {p for r in self.rows if t0 - 1 <= r["t"] <= t1 + 1 for p in r["procs"]}
-            tracked_cpu = 0.0
-            for pid in pids:
-                series = [(r["t"], r["procs"][pid]["cpu_s"]) for r in self.rows if pid in r["procs"]]
-                inside = [v for t, v in series if t0 <= t <= t1]
-                first = [v for t, v in series if t <= t0][-1:] or inside[:1]
-                last = [v for t, v in series if t >= t1][:1] or inside[-1:]
-                if first and last:
-                    tracked_cpu += last[0] - first[0]
+        per_pid = {}
+        pids = {p for r in self.rows if t0 - 1 <= r["t"] <= t1 + 1 for p in r["procs"]}
+        for pid in sorted(pids):
+            series = [(r["t"], r["procs"][pid]["cpu_s"]) for r in self.rows if pid in r["procs"]]
+            role = next(r["procs"][pid]["role"] for r in self.rows if pid in r["procs"])
+            first = [(t, v) for t, v in series if t <= t0][-1:] or series[:1]
+            last = [(t, v) for t, v in series if t >= t1][:1] or series[-1:]
+            if first and last and last[0][0] > first[0][0]:
+                # the samples bracketing the window, scaled to the window's length
+                rate = (last[0][1] - first[0][1]) / (last[0][0] - first[0][0])
+                per_pid[str(pid)] = {"role": role, "cores": round(rate, 3)}
         span = max(1e-9, t1 - t0)
+        if tracked_cpu is None:
+            tracked_cpu = sum(v["cores"] for v in per_pid.values()) * span
         return {"window_s": round(span, 2), "machine_cpu_s": round(machine, 1), "measured_cpu_s": round(tracked_cpu, 1),
                 "bench_script_cpu_s": round(mine, 1),
                 "other_cpu_s": round(machine - tracked_cpu - mine, 1),
                 "other_cores": round((machine - tracked_cpu - mine) / span, 2),
-                "machine_cores": round(machine / span, 2)}
+                "measured_cores": round(tracked_cpu / span, 2),
+                "machine_cores": round(machine / span, 2), "per_process_cores": per_pid}
 
     def per_process(self, t0: float, t1: float) -> dict[int, dict]:
         """Per pid: peak PSS/RSS sampled in [t0, t1] and the last sample in it."""
@@ -260,48 +271,80 @@ def _self_cpu() -> float:
     return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
 
-def _raw_process(engine: str, config: dict, cold_q, warm_q, barrier, out_q, timeout: float) -> None:
-    """One raw process: the service's reader and engine cache, no service. A cold pass pulls
-    pages from ``cold_q`` (the engine is built on the first), a warm one from ``warm_q``."""
+def _raw_process(engine: str, config: dict, tasks, out_q, release, timeout: float) -> None:
+    """One raw process: the service's reader and engine cache, no service. Pulls pages from
+    ``tasks`` until it is empty; the engine is built on the first, as a gunicorn worker does on
+    its first OCR job. Stays alive until ``release`` so the parent's last CPU sample sees it."""
     began = time.time()
     from service.ocr import open_document
     from service.ocr.cache import EngineCache
     cache = EngineCache(config, size=1, idle_ttl=0, reaper=False)
-    report = {"pid": os.getpid(), "import_s": round(time.time() - began, 2), "passes": {}, "memory": {}}
+    report = {"pid": os.getpid(), "import_s": round(time.time() - began, 2), "pages": [], "memory": {}}
     report["memory"]["before"] = memory()
+    cpu0 = _self_cpu()
     try:
-        for name, q in (("cold", cold_q), ("warm", warm_q)):
-            if name == "warm":
-                barrier.wait(timeout=timeout)   # both start the warm pass together
-            cpu0 = _self_cpu()
-            pages = []
-            while True:
-                item = q.get(timeout=timeout)
-                if item is None:
-                    break
-                index, path = item
-                t0 = time.time()
-                texts, engine_s, recognize_s = [], 0.0, 0.0
-                with open_document(path, config) as doc:
-                    for page in doc.pages():
-                        a = time.perf_counter()
-                        with cache.use(engine, {"lang": None}) as eng:
-                            b = time.perf_counter()
-                            lines = eng.recognize(page.image)
-                            recognize_s += time.perf_counter() - b
-                        engine_s += b - a
-                        texts.append("\n".join(line.text for line in lines))
-                pages.append({"index": index, "start": t0, "end": time.time(), "engine_s": round(engine_s, 3),
-                              "recognize_s": round(recognize_s, 3), "text": "\n\n".join(texts)})
-            report["passes"][name] = {"pages": pages, "cpu_s": round(_self_cpu() - cpu0, 2)}
-            report["memory"]["after_" + name] = memory()
+        while True:
+            item = tasks.get(timeout=timeout)
+            if item is None:
+                break
+            index, path = item
+            t0 = time.time()
+            texts, engine_s, recognize_s = [], 0.0, 0.0
+            with open_document(path, config) as doc:
+                for page in doc.pages():
+                    a = time.perf_counter()
+                    with cache.use(engine, {"lang": None}) as eng:
+                        b = time.perf_counter()
+                        lines = eng.recognize(page.image)
+                        recognize_s += time.perf_counter() - b
+                    engine_s += b - a
+                    texts.append("\n".join(line.text for line in lines))
+            report["pages"].append({"worker": os.getpid(), "index": index, "start": t0, "end": time.time(),
+                                    "engine_s": round(engine_s, 3), "recognize_s": round(recognize_s, 3),
+                                    "text": "\n\n".join(texts)})
     except BaseException as exc:  # noqa: BLE001 - the parent reports it
         report["error"] = f"{type(exc).__name__}: {exc}"
-        try:
-            barrier.abort()
-        except Exception:  # noqa: BLE001
-            pass
+    report["cpu_s"] = round(_self_cpu() - cpu0, 2)
+    report["memory"]["after"] = memory()
     out_q.put(report)
+    release.wait(timeout=60)
+
+
+def stream_figures(entries: list[dict], t_wall0: float, sampler: "Sampler", truth: dict) -> dict:
+    """Throughput of one stream of pages (raw pages or service jobs), the same way for both.
+    ``entries``: {worker, index, start, end, text}. A worker's first page carries its engine's
+    start and first-call warm-up; "steady" counts only the pages after it."""
+    entries = sorted(entries, key=lambda e: e["start"])
+    first, last = entries[0]["start"], max(e["end"] for e in entries)
+    by_worker: dict = {}
+    for e in entries:
+        by_worker.setdefault(e["worker"], []).append(e)
+    steady_rate, first_page_s, steady_times = 0.0, {}, []
+    for w, lst in by_worker.items():
+        first_page_s[str(w)] = round(lst[0]["end"] - lst[0]["start"], 2)
+        steady_times += [e["end"] - e["start"] for e in lst[1:]]
+        if len(lst) >= 2:
+            steady_rate += (len(lst) - 1) / (lst[-1]["end"] - lst[0]["end"])
+    # the stretch where every worker is past its first page and still has pages: steady and full
+    s0 = max(lst[0]["end"] for lst in by_worker.values())
+    s1 = min(lst[-1]["end"] for lst in by_worker.values())
+    cpu = sampler.cpu_between(first, last)
+    steady_cpu = sampler.cpu_between(s0, s1) if s1 - s0 > 10 else None   # short: too coarse
+    n = len(entries)
+    return {
+        "pages": n, "workers": len(by_worker), "pages_per_worker": {str(w): len(v) for w, v in by_worker.items()},
+        "window_s": round(last - first, 2), "pages_per_s": round(n / (last - first), 4),
+        "wall_s": round(last - t_wall0, 2), "wall_pages_per_s": round(n / (last - t_wall0), 4),
+        "steady_pages_per_s": round(steady_rate, 4) if steady_rate else None,
+        "first_page_s": first_page_s,
+        "steady_page_s_mean": round(sum(steady_times) / len(steady_times), 2) if steady_times else None,
+        "similarity_min": min(similarity(e["text"], truth[e["index"]]) for e in entries),
+        "cpu": cpu, "cpu_s_per_page": round(cpu["measured_cpu_s"] / n, 2),
+        "steady_cpu": steady_cpu,
+        "steady_cpu_s_per_page": round(steady_cpu["measured_cores"] / steady_rate, 2)
+        if steady_cpu and steady_rate else None,
+        "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
+    }
 
 
 def run_raw(args, pages: list[dict], service_like_env: dict) -> dict:
@@ -311,15 +354,14 @@ def run_raw(args, pages: list[dict], service_like_env: dict) -> dict:
     config = load_config(overrides={"ILGUN_DATA": str(data)}, environ=service_like_env, env_file=REPO_ROOT / ".env")
     config = {k: v for k, v in config.items() if isinstance(v, (str, int, float, bool, type(None)))}
     ctx = mp.get_context("spawn")   # fresh interpreters: nothing of paddle shared or forked
-    cold_q, warm_q, out_q = ctx.Queue(), ctx.Queue(), ctx.Queue()
-    for q in (cold_q, warm_q):
-        for p in pages:
-            q.put((p["index"], p["path"]))
-        for _ in range(args.procs):
-            q.put(None)
-    barrier = ctx.Barrier(args.procs)
+    tasks, out_q, release = ctx.Queue(), ctx.Queue(), ctx.Event()
+    stream = [pages[i % len(pages)] for i in range(len(pages) * args.repeat)]
+    for p in stream:
+        tasks.put((p["index"], p["path"]))
+    for _ in range(args.procs):
+        tasks.put(None)
     procs = [ctx.Process(target=_raw_process, name=f"raw-ocr-{i}",
-                         args=(args.engine, config, cold_q, warm_q, barrier, out_q, args.timeout))
+                         args=(args.engine, config, tasks, out_q, release, args.timeout))
              for i in range(args.procs)]
     sampler = Sampler(lambda: {p.pid: "raw" for p in procs if p.pid and p.is_alive()})
     sampler.start()
@@ -338,12 +380,16 @@ def run_raw(args, pages: list[dict], service_like_env: dict) -> dict:
             dead = [p for p in procs if p.exitcode not in (None, 0)]
             if dead and len(reports) < len(procs):
                 raise BenchError(f"a raw OCR process exited {dead[0].exitcode}")
-            return len(reports) == len(procs), f"{len(reports)}/{len(procs)} processes done"
-        wait_for(check, label=f"raw {args.engine}, {args.procs} processes, 2 x {len(pages)} pages",
-                 timeout=args.timeout * 2, interval=1.0)
+            done = sum(len(r["pages"]) for r in reports)
+            return len(reports) == len(procs), f"{len(reports)}/{len(procs)} processes done, {done} pages reported"
+        wait_for(check, label=f"raw {args.engine}, {args.procs} processes, {len(stream)} pages",
+                 timeout=args.timeout, interval=1.0)
+        time.sleep(2 * SAMPLE_INTERVAL)   # one more sample with every process alive
+        release.set()
         for p in procs:
             p.join(timeout=30)
     finally:
+        release.set()
         for p in procs:
             if p.is_alive():
                 p.terminate()
@@ -355,38 +401,21 @@ def run_raw(args, pages: list[dict], service_like_env: dict) -> dict:
     if errors:
         raise BenchError(f"raw OCR failed: {errors}")
     truth = {p["index"]: p["truth"] for p in pages}
-    out = {"procs": args.procs, "pages": len(pages), "passes": {}, "per_process": []}
-    for name in ("cold", "warm"):
-        all_pages = [pg for r in reports for pg in r["passes"][name]["pages"]]
-        first, last = min(pg["start"] for pg in all_pages), max(pg["end"] for pg in all_pages)
-        window = last - first
-        cpu = sum(r["passes"][name]["cpu_s"] for r in reports)
-        row = {"window_s": round(window, 2), "pages_per_s": round(len(all_pages) / window, 4),
-               "page_s_mean": round(sum(pg["end"] - pg["start"] for pg in all_pages) / len(all_pages), 2),
-               "recognize_s_mean": round(sum(pg["recognize_s"] for pg in all_pages) / len(all_pages), 2),
-               "similarity_min": min(similarity(pg["text"], truth[pg["index"]]) for pg in all_pages),
-               "cpu_s": round(cpu, 1), "cpu_s_per_page": round(cpu / len(all_pages), 2),
-               "cpu": sampler.cpu_between(first, last, tracked_cpu=cpu)}
-        if name == "cold":
-            row["wall_s"] = round(last - t_spawn, 2)
-            row["wall_pages_per_s"] = round(len(all_pages) / (last - t_spawn), 4)
-            row["engine_start_s"] = [round(min((pg for pg in r["passes"]["cold"]["pages"]), key=lambda x: x["start"])
-                                           ["engine_s"], 2) for r in reports if r["passes"]["cold"]["pages"]]
-            row["window_note"] = "first page taken (engines not built yet) -> last page done"
-        else:
-            row["window_note"] = "barrier (engines built and warm) -> last page done"
-        out["passes"][name] = row
+    entries = [pg for r in reports for pg in r["pages"]]
+    out = {"procs": args.procs, "stream": stream_figures(entries, t_spawn, sampler, truth),
+           "cpu_s_self_reported": round(sum(r["cpu_s"] for r in reports), 1),
+           "engine_start_s": [r["pages"][0]["engine_s"] for r in reports if r["pages"]],
+           "recognize_s_mean": round(sum(e["recognize_s"] for e in entries) / len(entries), 2),
+           "wall_note": "spawn of the processes -> last page done", "per_process": []}
     mem = sampler.per_process(t_spawn, time.time())
     for r in reports:
         m = mem.get(r["pid"], {})
         out["per_process"].append({
-            "pid": r["pid"], "import_s": r["import_s"],
-            "pages": {n: len(r["passes"][n]["pages"]) for n in ("cold", "warm")},
-            "cpu_s": {n: r["passes"][n]["cpu_s"] for n in ("cold", "warm")},
+            "pid": r["pid"], "import_s": r["import_s"], "pages": len(r["pages"]), "cpu_s": r["cpu_s"],
             "pss_mb": {"before": (r["memory"]["before"] or {}).get("pss_mb"), "peak_sampled": m.get("peak_pss_mb"),
-                       "after_warm": (r["memory"]["after_warm"] or {}).get("pss_mb")},
-            "peak_rss_mb": (r["memory"]["after_warm"] or {}).get("hwm_mb")})
-    out["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
+                       "after": (r["memory"]["after"] or {}).get("pss_mb")},
+            "peak_rss_mb": (r["memory"]["after"] or {}).get("hwm_mb"),
+            "threads": (r["memory"]["after"] or {}).get("threads")})
     return out
 
 
@@ -561,13 +590,10 @@ def run_pass(svc: Service, sampler: Sampler, name: str, pages: list[dict], file_
                      "error": rec.get("error"), "worker_pid": svc.worker_of(rec["id"]),
                      "created": utc_epoch(rec["created_at"]), "started": utc_epoch(rec["started_at"]),
                      "finished": utc_epoch(rec["finished_at"]),
-                     "run_s": res.get("seconds"), "ocr_s": res.get("ocr_seconds"),
-                     "similarity": similarity(res.get("text", ""), truth[page["index"]]) if res else None})
+                     "run_s": res.get("seconds"), "ocr_s": res.get("ocr_seconds"), "text": res.get("text", "")})
     ok = [j for j in jobs if j["status"] == "succeeded"]
     if not ok:
         raise BenchError(f"{name} pass: no OCR job succeeded: {[j['error'] for j in jobs][:3]}")
-    first_start, last_finish = min(j["started"] for j in ok), max(j["finished"] for j in ok)
-    window = last_finish - first_start
     # time a worker spent between its jobs (claim-on-finish should make it ~0) and outside run()
     by_worker: dict[int, list[dict]] = {}
     for j in ok:
@@ -577,26 +603,25 @@ def run_pass(svc: Service, sampler: Sampler, name: str, pages: list[dict], file_
         lst.sort(key=lambda j: j["started"])
         gaps += [b["started"] - a["finished"] for a, b in zip(lst, lst[1:])]
     events = [e for e in app_log_events(svc.hosts.log_path) if e["t"] and t_submit - 1 <= e["t"] <= t_done + 1]
-    cpu = sampler.cpu_between(first_start, last_finish)
+    entries = [{"worker": j["worker_pid"], "index": j["page"], "start": j["started"], "end": j["finished"],
+                "text": j.pop("text")} for j in ok]
+    for j in jobs:
+        j.pop("text", None)
     return {
         "jobs": len(ids), "succeeded": len(ok), "failed": len(jobs) - len(ok),
         "retried": sum(1 for j in ok if j["attempt"] > 1),
-        "window_s": round(window, 2), "pages_per_s": round(len(ok) / window, 4),
-        "wall_s": round(last_finish - t_submit, 2), "wall_pages_per_s": round(len(ok) / (last_finish - t_submit), 4),
+        **stream_figures(entries, t_submit, sampler, truth),
+        "wall_note": "first submit -> last finished_at",
         "submit_s": round(t_submitted - t_submit, 3),
-        "first_start_after_submit_s": round(first_start - t_submit, 3),
+        "first_start_after_submit_s": round(min(j["started"] for j in ok) - t_submit, 3),
         "job_s_mean": round(sum(j["finished"] - j["started"] for j in ok) / len(ok), 2),
         "run_s_mean": _r(sum(j["run_s"] or 0 for j in ok) / len(ok), 2),
         "ocr_s_mean": _r(sum(j["ocr_s"] or 0 for j in ok) / len(ok), 2),
         "outside_run_s_mean": _r(sum((j["finished"] - j["started"]) - (j["run_s"] or 0) for j in ok) / len(ok), 3),
         "gap_between_jobs_s": {"n": len(gaps), "mean": _r(sum(gaps) / len(gaps), 3) if gaps else None,
                                "max": _r(max(gaps), 3) if gaps else None},
-        "jobs_per_worker": {str(pid): len(lst) for pid, lst in by_worker.items()},
         "engine_loads": [e for e in events if e["event"] == "loaded"],
         "engine_releases": [e for e in events if e["event"] == "released"],
-        "similarity_min": min(j["similarity"] for j in ok if j["similarity"] is not None),
-        "cpu": cpu, "cpu_s_per_page": round(cpu["measured_cpu_s"] / len(ok), 2),
-        "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
         "job_records": jobs,
     }
 
@@ -627,7 +652,10 @@ def run_service(args, pages: list[dict], svc: Service) -> dict:
         target = svc.api("POST", "/api/v1/jobs", json={"kind": "sleep", "params": {"duration": 0, "steps": 1}})["id"]
         wait_for(lambda: (svc.api("GET", f"/api/v1/jobs/{target}")["status"] == "succeeded", "sleep job"),
                  label="latency target job", timeout=30)
-        time.sleep(2)
+        time.sleep(1)
+        t_quiet = time.time()
+        time.sleep(args.quiet_seconds)   # nothing running: what the service costs at rest
+        out["idle_cpu"] = sampler.cpu_between(t_quiet, time.time())
         sampler.mark("before_ocr")
         before = {pid: memory(pid) for pid in svc.tracked()}
 
@@ -637,11 +665,13 @@ def run_service(args, pages: list[dict], svc: Service) -> dict:
         sampler.mark("idle_probe_done")
         cpu_idle_probe = sampler.cpu_between(t, time.time())
 
-        out["cold"] = run_pass(svc, sampler, "cold", pages, file_ids, args.timeout)
-        out["warm"] = run_pass(svc, sampler, "warm", pages, file_ids, args.timeout)
+        stream = [i % len(pages) for i in range(len(pages) * args.repeat)]
+        out["stream"] = run_pass(svc, sampler, "stream", [pages[i] for i in stream], [file_ids[i] for i in stream],
+                                 args.timeout)
 
         # busy: enough jobs to keep every OCR slot busy for about --busy-seconds
-        n_busy = max(2 * usable_cores(), math.ceil(args.busy_seconds * out["warm"]["pages_per_s"] / 2) * 2)
+        rate = out["stream"]["steady_pages_per_s"] or out["stream"]["pages_per_s"]
+        n_busy = max(2 * usable_cores(), math.ceil(args.busy_seconds * rate / 2) * 2)
         n_busy = min(n_busy, 4 * len(pages))
         busy_pages = [pages[i % len(pages)] for i in range(n_busy)]
         busy_ids = [file_ids[i % len(pages)] for i in range(n_busy)]
@@ -703,7 +733,7 @@ def run_service(args, pages: list[dict], svc: Service) -> dict:
         rows = []
         for pid, role in sorted(svc.tracked().items(), key=lambda kv: (kv[1] != "master", kv[0])):
             rows.append({"pid": pid, "role": role,
-                         "ran_ocr_jobs": sum(1 for p in ("cold", "warm", "busy_pass") for j in out[p]["job_records"]
+                         "ran_ocr_jobs": sum(1 for p in ("stream", "busy_pass") for j in out[p]["job_records"]
                                              if j["worker_pid"] == pid),
                          "engine_loads": sum(1 for e in app_log_events(svc.hosts.log_path)
                                              if e["pid"] == pid and e["event"] == "loaded"),
@@ -753,37 +783,49 @@ def _f(v, pattern: str = "{:.1f}") -> str:
     return "-" if v is None else pattern.format(v)
 
 
+ROWS = (("steady_pages_per_s", "steady (queue full, engines warm)", "steady_cpu"),
+        ("pages_per_s", "first start -> last finish", "cpu"),
+        ("wall_pages_per_s", "wall (spawn/first submit -> last)", "cpu"))
+
+
 def format_report(res: dict) -> str:
-    raw, svc = res.get("raw"), res.get("service")
+    raw, svc, sm = res.get("raw"), res.get("service"), res["summary"]
     s = res["settings"]
-    lines = [f"ilgun OCR benchmark, {res['started_at']}: {s['engine']}, {s['pages']} A4 pages (150 dpi, {s['input']}), "
-             f"{s['procs']} raw processes vs the '{s['profile']}' profile, {res['machine']['cpus_usable']} usable cores "
-             "(shared machine: read the ratios)"]
+    n = s["pages"] * s["repeat"]
+    lines = [f"ilgun OCR benchmark, {res['started_at']}: {s['engine']}, {n} pages in one stream ({s['pages']} A4 pages "
+             f"x {s['repeat']}, 150 dpi, {s['input']}), {s['procs']} raw processes vs the '{s['profile']}' profile, "
+             f"{res['machine']['cpus_usable']} usable cores (shared machine: read the ratios)"]
     if svc:
         p = svc["profile"]
         lines.append(f"service: {p['workers']} workers x {p['threads']} threads, {p['max_workers']} executor slots each; "
                      f"ocr: {p['ocr_global_limit']} at once, {p['ocr_per_process']} per worker; "
                      f"OCR_ENGINE_IDLE_TTL={p['idle_ttl_s']:g}")
-    lines += ["", "throughput (pages/s)                raw        service    service/raw   other CPU raw/svc (cores)"]
-    for name, label, key in (("cold", "cold, first start -> last finish", "pages_per_s"),
-                             ("cold", "cold, wall (spawn/submit -> last)", "wall_pages_per_s"),
-                             ("warm", "warm, first start -> last finish", "pages_per_s")):
-        r = (raw or {}).get("passes", {}).get(name, {}).get(key) if raw else None
-        v = (svc or {}).get(name, {}).get(key) if svc else None
-        other_r = (raw or {}).get("passes", {}).get(name, {}).get("cpu", {}).get("other_cores") if raw else None
-        other_s = (svc or {}).get(name, {}).get("cpu", {}).get("other_cores") if svc else None
-        lines.append(f"  {label:<34}{_f(r, '{:.3f}'):>7}    {_f(v, '{:.3f}'):>7}    {_x(v, r):>8}"
-                     f"      {_f(other_r, '{:.2f}')} / {_f(other_s, '{:.2f}')}")
+    lines += ["", f"{'throughput, pages/s':<40}{'raw':>8}{'service':>10}{'service/raw':>13}"
+                  "    other CPU, cores: raw / service"]
+    rs, vs = (raw or {}).get("stream", {}), (svc or {}).get("stream", {})
+    for key, label, cpu_key in ROWS:
+        r, v = rs.get(key), vs.get(key)
+        o_r = (rs.get(cpu_key) or {}).get("other_cores")
+        o_v = (vs.get(cpu_key) or {}).get("other_cores")
+        lines.append(f"  {label:<38}{_f(r, '{:.3f}'):>8}{_f(v, '{:.3f}'):>10}{_x(v, r):>13}"
+                     f"    {_f(o_r, '{:.2f}')} / {_f(o_v, '{:.2f}')}")
     if raw and svc:
-        lines.append(f"  CPU s per page (warm): raw {raw['passes']['warm']['cpu_s_per_page']}, service "
-                     f"{svc['warm']['cpu_s_per_page']} (gunicorn master + workers);  mean seconds per page in a "
-                     f"process: raw {raw['passes']['warm']['page_s_mean']}, service job {svc['warm']['job_s_mean']}")
-        lines.append(f"  text similarity to the truth (min): raw {raw['passes']['warm']['similarity_min']}, "
-                     f"service {svc['warm']['similarity_min']}")
-        if svc["busy_pass"]:
-            lines.append(f"  (busy-latency pass, {svc['busy_pass']['jobs']} jobs with the probe running: "
-                         f"{svc['busy_pass']['pages_per_s']:.3f} pages/s)")
+        for key, label in (("steady", "steady"), ("window", "first start -> last finish")):
+            nz = sm["noise"][key]
+            lines.append(f"  {label}, other tenants' CPU taken out: per free core {_f(nz['per_free_core_ratio'], '{:.2f}x')}"
+                         f", per CPU-second {_f(nz['cpu_efficiency_ratio'], '{:.2f}x')} (CPU s per page: raw "
+                         f"{_f(nz['cpu_s_per_page_raw'], '{:.2f}')}, service {_f(nz['cpu_s_per_page_service'], '{:.2f}')})")
+        lines.append(f"  seconds per page in one process, steady: raw {_f(rs['steady_page_s_mean'], '{:.2f}')}, service "
+                     f"{_f(vs['steady_page_s_mean'], '{:.2f}')}; first page (engine start + warm-up): raw "
+                     f"{', '.join(f'{x:.1f}' for x in rs['first_page_s'].values())}, service "
+                     f"{', '.join(f'{x:.1f}' for x in vs['first_page_s'].values())}")
+        lines.append(f"  text similarity to the truth (min): raw {rs['similarity_min']}, service {vs['similarity_min']}")
     if svc:
+        ic = svc.get("idle_cpu")
+        if ic:
+            lines.append(f"  the service at rest uses {ic['measured_cores']:.3f} cores (master + workers, no job)")
+        bp = svc["busy_pass"]
+        lines.append(f"  (busy-latency pass: {bp['jobs']} jobs with the probe running, {bp['pages_per_s']:.3f} pages/s)")
         lat = svc["latency"]
         lines += ["", f"GET /api/v1/jobs/<id>, {lat['threads']} client threads   client p50 / p99 ms     "
                   "server p50 / p99 ms   counted"]
@@ -793,37 +835,35 @@ def format_report(res: dict) -> str:
             if d:
                 lines.append(f"  {label:<40}{_f(d['client_ms']['p50']):>7} / {_f(d['client_ms']['p99']):<8}"
                              f"{_f(d['server_ms']['p50']):>9} / {_f(d['server_ms']['p99']):<8}   {d['counted']}")
-        ratio = res["summary"].get("p99_busy_over_idle")
-        lines.append(f"  p99 busy / p99 idle: client {_f(ratio, '{:.2f}x')}, server "
-                     f"{_f(res['summary'].get('server_p99_busy_over_idle'), '{:.2f}x')} (target <= {TARGET_P99_RATIO:g}x)")
+        lines.append(f"  p99 busy / p99 idle: client {_f(sm.get('p99_busy_over_idle'), '{:.2f}x')}, server "
+                     f"{_f(sm.get('server_p99_busy_over_idle'), '{:.2f}x')} (target <= {TARGET_P99_RATIO:g}x); "
+                     f"against idle with engines loaded: client {_f(sm.get('p99_busy_over_idle_after'), '{:.2f}x')}")
         mem = svc["memory"]
         lines += ["", "memory per process, MB   jobs  loads   PSS before   peak   steady   after release"
-                      "      RSS peak (VmHWM)"]
+                      "   RSS peak (VmHWM)"]
         for r in mem["per_process"]:
             pss, rss = r["pss_mb"], r["rss_mb"]
             lines.append(f"  {r['role']:<7}{r['pid']:>8}   {r['ran_ocr_jobs']:>4}  {r['engine_loads']:>5}   "
                          f"{_f(pss['before']):>10} {_f(pss['peak_sampled']):>6} {_f(pss['steady']):>8} "
-                         f"{_f(pss['after_release']):>15}      {_f(rss['peak'])}")
+                         f"{_f(pss['after_release']):>15}   {_f(rss['peak']):>10}")
         t = mem["total_pss_mb"]
         lines.append(f"  total PSS (master + {len(mem['per_process']) - 1} workers): before {_f(t['before'])}, "
                      f"peak at one instant {_f(mem['total_peak_same_instant']['pss_mb'])}, steady {_f(t['steady'])}, "
                      f"after release {_f(t['after_release'])}")
-        lines.append(f"  if all {svc['profile']['workers']} workers hold an engine: steady "
+        lines.append(f"  if all {svc['profile']['workers']} workers held an engine: steady "
                      f"{_f(mem['worst_case_total_pss_mb'])}, peak {_f(mem['worst_case_peak_total_pss_mb'])} MB PSS")
     if raw:
-        per = raw["per_process"]
         lines.append("  raw processes, PSS peak sampled / RSS peak: " + ", ".join(
-            f"{_f(r['pss_mb']['peak_sampled'])} / {_f(r['peak_rss_mb'])}" for r in per))
-    sm = res["summary"]
+            f"{_f(r['pss_mb']['peak_sampled'])} / {_f(r['peak_rss_mb'])}" for r in raw["per_process"]))
     lines += ["", "targets:"]
-    if "warm_ratio" in sm:
-        lines.append(f"  throughput >= {TARGET_THROUGHPUT:.0%} of raw: warm {sm['warm_ratio']:.2f}x "
-                     f"{'MET' if sm['warm_ratio'] >= TARGET_THROUGHPUT else 'NOT MET'}; cold {sm['cold_ratio']:.2f}x "
-                     f"{'MET' if sm['cold_ratio'] >= TARGET_THROUGHPUT else 'NOT MET'}; cold wall "
-                     f"{sm['cold_wall_ratio']:.2f}x {'MET' if sm['cold_wall_ratio'] >= TARGET_THROUGHPUT else 'NOT MET'}")
+    if "steady_ratio" in sm:
+        def verdict(x):
+            return "-" if x is None else f"{x:.2f}x {'met' if x >= TARGET_THROUGHPUT else 'NOT MET'}"
+        lines.append(f"  service pages/s >= {TARGET_THROUGHPUT:.0%} of raw: steady {verdict(sm['steady_ratio'])}; "
+                     f"first start -> last finish {verdict(sm['window_ratio'])}; wall {verdict(sm['wall_ratio'])}")
     if sm.get("p99_busy_over_idle") is not None:
         lines.append(f"  p99 busy <= {TARGET_P99_RATIO:g}x idle: {sm['p99_busy_over_idle']:.2f}x "
-                     f"{'MET' if sm['p99_busy_over_idle'] <= TARGET_P99_RATIO else 'NOT MET'}")
+                     f"{'met' if sm['p99_busy_over_idle'] <= TARGET_P99_RATIO else 'NOT MET'}")
     return "\n".join(lines)
 
 
@@ -831,34 +871,51 @@ def summarize(res: dict) -> dict:
     raw, svc = res.get("raw"), res.get("service")
     out = {}
     if raw and svc:
-        out["raw_pages_per_s"] = {"cold": raw["passes"]["cold"]["pages_per_s"],
-                                  "cold_wall": raw["passes"]["cold"]["wall_pages_per_s"],
-                                  "warm": raw["passes"]["warm"]["pages_per_s"]}
-        out["service_pages_per_s"] = {"cold": svc["cold"]["pages_per_s"], "cold_wall": svc["cold"]["wall_pages_per_s"],
-                                      "warm": svc["warm"]["pages_per_s"]}
-        out["cold_ratio"] = round(svc["cold"]["pages_per_s"] / raw["passes"]["cold"]["pages_per_s"], 3)
-        out["cold_wall_ratio"] = round(svc["cold"]["wall_pages_per_s"] / raw["passes"]["cold"]["wall_pages_per_s"], 3)
-        out["warm_ratio"] = round(svc["warm"]["pages_per_s"] / raw["passes"]["warm"]["pages_per_s"], 3)
-        out["throughput_target_met_warm"] = out["warm_ratio"] >= TARGET_THROUGHPUT
+        rs, vs = raw["stream"], svc["stream"]
+        out["raw_pages_per_s"] = {k: rs[k] for k, _, _ in ROWS}
+        out["service_pages_per_s"] = {k: vs[k] for k, _, _ in ROWS}
+        for key, name in (("steady_pages_per_s", "steady"), ("pages_per_s", "window"), ("wall_pages_per_s", "wall")):
+            out[f"{name}_ratio"] = round(vs[key] / rs[key], 3) if vs[key] and rs[key] else None
+        out["throughput_target_met_steady"] = bool(out["steady_ratio"] and out["steady_ratio"] >= TARGET_THROUGHPUT)
+        # noise: the same figures with the CPU the rest of the machine took out of the picture
+        cores = res["machine"]["cpus_usable"]
+        out["noise"] = {}
+        for name, pps, cpu_key, per_page in (("steady", "steady_pages_per_s", "steady_cpu", "steady_cpu_s_per_page"),
+                                             ("window", "pages_per_s", "cpu", "cpu_s_per_page")):
+            cr, cv = rs.get(cpu_key), vs.get(cpu_key)
+            if not (cr and cv and rs[pps] and vs[pps]):
+                out["noise"][name] = {k: None for k in ("other_cores_raw", "other_cores_service", "cpu_s_per_page_raw",
+                                                        "cpu_s_per_page_service", "cpu_efficiency_ratio",
+                                                        "per_free_core_ratio")}
+                continue
+            free_r = cores - cr["other_cores"] - cr["bench_script_cpu_s"] / cr["window_s"]
+            free_v = cores - cv["other_cores"] - cv["bench_script_cpu_s"] / cv["window_s"]
+            out["noise"][name] = {
+                "other_cores_raw": cr["other_cores"], "other_cores_service": cv["other_cores"],
+                "cpu_s_per_page_raw": rs[per_page], "cpu_s_per_page_service": vs[per_page],
+                # pages per CPU-second, service / raw: what the ratio would be with equal CPU
+                "cpu_efficiency_ratio": round(rs[per_page] / vs[per_page], 3),
+                # pages/s per core left free by the rest of the machine, service / raw
+                "per_free_core_ratio": round((vs[pps] / free_v) / (rs[pps] / free_r), 3)}
     if svc and svc["latency"].get("busy"):
         lat = svc["latency"]
-        idle, busy = lat["idle_before"], lat["busy"]
-        out["latency_ms"] = {k: {"p50": lat[k]["client_ms"]["p50"], "p99": lat[k]["client_ms"]["p99"]}
+        idle, busy, after = lat["idle_before"], lat["busy"], lat["after_engine_loaded_idle"]
+        out["latency_ms"] = {k: {"p50": lat[k]["client_ms"]["p50"], "p99": lat[k]["client_ms"]["p99"],
+                                 "server_p50": lat[k]["server_ms"]["p50"], "server_p99": lat[k]["server_ms"]["p99"]}
                              for k in ("idle_before", "busy", "after_engine_loaded_idle")}
         if idle["client_ms"]["p99"] and busy["client_ms"]["p99"]:
             out["p99_busy_over_idle"] = round(busy["client_ms"]["p99"] / idle["client_ms"]["p99"], 2)
-            out["p99_busy_over_idle_after"] = round(busy["client_ms"]["p99"]
-                                                    / lat["after_engine_loaded_idle"]["client_ms"]["p99"], 2)
+            out["p99_busy_over_idle_after"] = round(busy["client_ms"]["p99"] / after["client_ms"]["p99"], 2)
             out["latency_target_met"] = out["p99_busy_over_idle"] <= TARGET_P99_RATIO
         if idle["server_ms"]["p99"] and busy["server_ms"]["p99"]:
             out["server_p99_busy_over_idle"] = round(busy["server_ms"]["p99"] / idle["server_ms"]["p99"], 2)
     if svc:
         m = svc["memory"]
-        out["memory_mb"] = {"per_worker_pss": {str(r["pid"]): r["pss_mb"] for r in m["per_process"]
-                                               if r["role"] == "worker"},
-                            "total_pss": m["total_pss_mb"], "total_peak_pss_same_instant":
-                                m["total_peak_same_instant"]["pss_mb"],
-                            "worst_case_total_pss_all_workers_loaded": m["worst_case_total_pss_mb"]}
+        out["memory_mb"] = {"pss_per_process": {f"{r['role']} {r['pid']}": r["pss_mb"] for r in m["per_process"]},
+                            "total_pss": m["total_pss_mb"],
+                            "total_peak_pss_same_instant": m["total_peak_same_instant"]["pss_mb"],
+                            "worst_case_total_pss_all_workers_loaded": m["worst_case_total_pss_mb"],
+                            "worst_case_peak_total_pss": m["worst_case_peak_total_pss_mb"]}
     return out
 
 
@@ -878,6 +935,8 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--engine", default="paddle", choices=("paddle", "tesseract"))
     p.add_argument("--pages", type=int, default=8, help="A4 pages per pass (default 8)")
+    p.add_argument("--repeat", type=int, default=2,
+                   help="the stream is the pages this many times over (default 2: 16 jobs for 8 pages)")
     p.add_argument("--input", default="png", choices=("png", "pdf"), help="PNG files or one-page image PDFs")
     p.add_argument("--procs", type=int, default=None, help="raw processes (default: usable cores, like the service)")
     p.add_argument("--profile", default="medium", help="ILGUN_PROFILE (default medium: the 2-core profile)")
@@ -887,6 +946,9 @@ def parse_args(argv):
     p.add_argument("--latency-threads", type=int, default=4)
     p.add_argument("--busy-seconds", type=float, default=20.0,
                    help="the busy-latency pass gets enough jobs for about this long (default 20)")
+    p.add_argument("--quiet-seconds", type=float, default=5.0,
+                   help="seconds of an idle service whose CPU is measured before the OCR (default 5)")
+    p.add_argument("--order", default="raw-first", choices=("raw-first", "service-first"))
     p.add_argument("--only", choices=("raw", "service"), help="run one side only (no ratios)")
     p.add_argument("--timeout", type=float, default=600.0, help="bound for each pass, in seconds")
     p.add_argument("--out", type=Path)
@@ -907,8 +969,8 @@ def main(argv: list[str] | None = None) -> int:
     command = f"cd {shlex.quote(str(REPO_ROOT))} && .venv/bin/python bench/ocr.py {shlex.join(argv)}".rstrip()
     started = time.time()
     res = {"started_at": datetime.fromtimestamp(started).isoformat(timespec="seconds"), "command": command,
-           "settings": {"engine": args.engine, "pages": args.pages, "input": args.input, "procs": args.procs,
-                        "profile": args.profile, "idle_ttl_s": args.idle_ttl,
+           "settings": {"engine": args.engine, "pages": args.pages, "repeat": args.repeat, "input": args.input, "procs": args.procs,
+                        "profile": args.profile, "idle_ttl_s": args.idle_ttl, "order": args.order,
                         "latency_requests": args.latency_requests, "latency_threads": args.latency_threads},
            "machine": machine_info()}
     try:
@@ -917,17 +979,24 @@ def main(argv: list[str] | None = None) -> int:
         res["pages"] = {"size_px": pages[0]["size_px"], "lines_per_page": len(pages[0]["truth"]),
                         "bytes_mean": round(sum(p["bytes"] for p in pages) / len(pages))}
         svc = Service(args, log_dir)
-        if args.only != "service":
+
+        def raw_side():
             print(f"raw: {args.procs} processes, one {args.engine} engine each, cold and warm pass over "
                   f"{args.pages} pages", file=sys.stderr)
             res["raw"] = run_raw(args, pages, dict(svc.env))
-        if args.only != "raw":
+
+        def service_side():
             print(f"service: gunicorn, profile {args.profile}, {args.pages} {args.engine} jobs per pass",
                   file=sys.stderr)
             try:
                 res["service"] = run_service(args, pages, svc)
             finally:
                 svc.hosts.stop()
+        sides = {"raw": raw_side, "service": service_side}
+        order = ["raw", "service"] if args.order == "raw-first" else ["service", "raw"]
+        for side in order:
+            if args.only in (None, side):
+                sides[side]()
     except KeyboardInterrupt:
         print("\ninterrupted; stopping everything this benchmark started", file=sys.stderr)
         return 130

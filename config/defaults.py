@@ -101,6 +101,7 @@ OCR_TESSERACT_TIMEOUT = 120.0       # seconds per page
 OCR_MAX_IMAGE_PIXELS = 60_000_000  # per page image (also caps a rendered PDF page)
 OCR_MAX_PAGES = 500                # pages of one document
 OCR_PDF_DPI = 150                  # dpi of PDF pages rendered for OCR
+OCR_RESULT_MAX_LINES = 5000       # more recognised lines: their boxes are in ocr.json only, not the job's result
 OCR_PDF_TEXT_MIN_CHARS = 20        # letters/digits a PDF page's text layer needs to be used instead of OCR
 
 # --- the report kind (service/reports/settings.py says what each bounds) ----------------------

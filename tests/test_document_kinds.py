@@ -52,6 +52,17 @@ def files_of(api, job) -> dict[str, bytes]:
     return out
 
 
+def encrypted_pdf() -> bytes:
+    from pypdf import PdfReader, PdfWriter
+    writer = PdfWriter()
+    for page in PdfReader(io.BytesIO(samples.text_pdf([["A secret page with enough words on it."]]))).pages:
+        writer.add_page(page)
+    writer.encrypt(user_password="s3cret", owner_password="owner", algorithm="AES-256")
+    buf = io.BytesIO()
+    writer.write(buf)
+    return buf.getvalue()
+
+
 def workbook() -> bytes:
     wb = Workbook()
     ws = wb.active
@@ -176,5 +187,27 @@ def test_hostile_documents_fail_cleanly_and_the_worker_goes_on(alice, dispatcher
     truncated = samples.text_pdf([["A page of text that is long enough to count as text."]])[:200]
     job = run(alice, "ocr", truncated, "cut.pdf")
     assert job["status"] == "failed" and job["error"]["code"] == "PDF_INVALID", job
+    cut_png = png_bytes(samples.text_image())[:300]     # a truncated upload: PNG by its magic bytes
+    job = run(alice, "ocr", cut_png, "cut.png")
+    assert job["status"] == "failed" and job["error"]["code"] == "IMAGE_INVALID", job
+    job = run(alice, "report", cut_png, "cut.png")
+    assert job["status"] == "failed" and job["error"]["code"] == "IMAGE_INVALID", job
+    job = run(alice, "ocr", encrypted_pdf(), "secret.pdf")
+    assert job["status"] == "failed" and job["error"]["code"] == "PDF_ENCRYPTED", job
+    job = run(alice, "report", encrypted_pdf(), "secret.pdf")
+    assert job["status"] == "failed" and job["error"]["code"] == "PDF_ENCRYPTED", job
     job = run(alice, "report", workbook(), "fine.xlsx", '{"ocr": false}')   # the worker is fine
     assert job["status"] == "succeeded"
+
+
+def test_a_big_ocr_result_keeps_its_boxes_in_the_file_only(app_factory, text_png):
+    import json
+
+    from tests.conftest import running_app
+    app, admin = running_app(app_factory, OCR_RESULT_MAX_LINES=2)
+    job = run(admin, "ocr", text_png, "lines.png")
+    assert job["status"] == "succeeded", job
+    assert job["result"]["lines_in_result"] is False and job["result"]["pages"][0]["lines"] == []
+    assert similarity(job["result"]["text"], TRUTH) >= 0.95       # the text stays whole
+    full = json.loads(files_of(admin, job)["ocr.json"])
+    assert len(full["pages"][0]["lines"]) == len(samples.SAMPLE_LINES)

@@ -104,4 +104,14 @@ class OcrKind(JobKind):
         with ctx.open_output("ocr.json", "w") as f:
             json.dump(result, f, ensure_ascii=False)
         ctx.note(f"read {len(pages)} page(s), {result['ocr_pages']} by OCR, {len(text)} characters")
-        return result
+        return _bounded(result, int(ctx.config.get("OCR_RESULT_MAX_LINES", 5000)))
+
+
+def _bounded(result: dict, max_lines: int) -> dict:
+    """The job's result is stored with the job and sent with every read of it: past
+    ``max_lines`` lines the boxes stay in ocr.json only (``lines_in_result`` says so)."""
+    total = sum(len(page["lines"]) for page in result["pages"])
+    result["lines_in_result"] = total <= max_lines
+    if total > max_lines:
+        result["pages"] = [{**page, "lines": []} for page in result["pages"]]
+    return result

@@ -32,7 +32,8 @@ def document_kind_params(max_pages: int = 500) -> dict[str, dict]:
                                                 "OCR_TEXTLINE_MODEL_DIR; off: it flips upright lines)."},
     }, "Params of `ocr`: an image (PNG, JPEG, TIFF, WebP, BMP) or PDF upload. Result: `text`, `pages` (per page "
        "`text`, `source` pdf-text | pdf-render | image, `lines` with `box` (4 corners) and `confidence`), "
-       "`engine`, timings; files `text.txt` and `ocr.json`.")
+       "`engine`, timings, `lines_in_result` (false past OCR_RESULT_MAX_LINES lines: the boxes are then only in "
+       "ocr.json); files `text.txt` and `ocr.json`.")
     report = _obj({
         "file_id": _FILE_ID, "file_name": _FILE_NAME,
         "ocr": {"type": "boolean", "default": True,
