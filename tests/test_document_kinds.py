@@ -211,3 +211,20 @@ def test_a_big_ocr_result_keeps_its_boxes_in_the_file_only(app_factory, text_png
     assert similarity(job["result"]["text"], TRUTH) >= 0.95       # the text stays whole
     full = json.loads(files_of(admin, job)["ocr.json"])
     assert len(full["pages"][0]["lines"]) == len(samples.SAMPLE_LINES)
+
+
+def test_ocr_preload_loads_and_warms_the_engine_when_a_worker_starts(app_factory):
+    import time
+
+    from service.ocr import get_cache
+    app = app_factory(OCR_PRELOAD=True)
+    cache = get_cache(app.config)
+    cache.release_all()
+    loads = cache.loads
+    from service.runtime import start_worker_runtime
+    start_worker_runtime(app)
+    deadline = time.monotonic() + 60
+    while not any(e["engine"] == "paddle" and e["loaded"] and e["uses"] >= 1 for e in cache.snapshot()):
+        assert time.monotonic() < deadline, cache.snapshot()
+        time.sleep(0.2)
+    assert cache.loads == loads + 1
