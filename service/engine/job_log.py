@@ -21,6 +21,7 @@ class JobLogBuffer:
     def __init__(self):
         self._lines: list[tuple[float, str, str]] = []
         self._lock = threading.Lock()
+        self.taken = 0   # lines handed out to be written so far
         # Held while taken lines are written, so the monitor's flush and the finish cannot
         # write one job's lines out of order.
         self.writing = threading.Lock()
@@ -36,7 +37,13 @@ class JobLogBuffer:
     def take(self) -> list[tuple[float, str, str]]:
         with self._lock:
             lines, self._lines = self._lines, []
+            self.taken += len(lines)
         return lines
+
+    def needs_trim(self, attempt: int, keep: int) -> bool:
+        """Whether the job's stored lines may pass ``keep``: a first attempt that wrote few lines
+        cannot (lines of an execution handed back before it are few too; a later trim catches up)."""
+        return attempt > 1 or self.taken > keep // 2
 
 
 class JobLogCapture(logging.Handler):

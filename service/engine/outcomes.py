@@ -47,10 +47,11 @@ class OutcomeMixin:
             with self._lock:  # given back once the next job is registered (_execute_one)
                 ctx.claim_room = self._room.take(self._running_kinds(), finishing=ctx.kind)
             with ctx.job_log.writing:
+                lines = self._lines(ctx, "INFO", line)
                 ctx.final_recorded, next_job = self.claims.finish_and_claim(
                     job_id, ctx.token, JobStatus.SUCCEEDED,
                     claim_for=(self.worker_id, self.policies, self.lease_seconds), room=ctx.claim_room,
-                    log_lines=self._lines(ctx, "INFO", line), **outcome)
+                    log_lines=lines, log_trim=self._needs_trim(ctx), **outcome)
             self._notify_finished(ctx, JobStatus.SUCCEEDED, None)
             return next_job
         except JobCancelled:
@@ -86,9 +87,13 @@ class OutcomeMixin:
                 **outcome) -> None:
         """Record a final state with the job's pending log lines and ``line`` (level, text)."""
         with ctx.job_log.writing:
+            lines = self._lines(ctx, *line)
             ctx.final_recorded = self.claims.finish(ctx.job_id, ctx.token, status, error_code=error_code,
-                                                    log_lines=self._lines(ctx, *line), **outcome)
+                                                    log_lines=lines, log_trim=self._needs_trim(ctx), **outcome)
         self._notify_finished(ctx, status, error_code)
+
+    def _needs_trim(self, ctx: RunContext) -> bool:
+        return ctx.job_log.needs_trim(ctx.attempt, self.claims.log_keep)
 
     @staticmethod
     def _lines(ctx: RunContext, level: str, text: str) -> list:

@@ -27,7 +27,7 @@ from typing import Callable, Mapping
 
 from PIL import Image, ImageDraw, ImageFont
 
-from service.ocr import available
+from service.ocr import available, priority
 from service.errors import ValidationError
 from service.ocr.errors import OcrEngineUnavailable, OcrFailed
 
@@ -156,6 +156,7 @@ class PaddleEngine(OcrEngine):
 
     def __init__(self, settings: PaddleSettings, config: Mapping | None = None):
         self.settings = settings
+        self._config = config or {}
         self.model = (f"PaddleOCR 3 {settings.det_model_name} + {settings.rec_model_name}"
                       + (" + textline orientation" if settings.textline_orientation else ""))
         _prepare_paddle_env(config or {})
@@ -175,7 +176,8 @@ class PaddleEngine(OcrEngine):
                 # PaddleX logs each model it creates at INFO through its own stdout handler,
                 # outside the service's log format
                 logging.getLogger("paddlex").setLevel(logging.WARNING)
-                self._ocr = PaddleOCR(**kwargs)
+                # built and called on the process's niced OCR thread (priority.py)
+                self._ocr = priority.run_niced(config, lambda: PaddleOCR(**kwargs))
             except ImportError as exc:
                 raise OcrEngineUnavailable(f"PaddleOCR cannot be imported ({exc}): {available.PADDLE_INSTALL}") from exc
             except Exception as exc:  # a broken model folder, an unsupported CPU...
@@ -190,7 +192,7 @@ class PaddleEngine(OcrEngine):
             if self._ocr is None:
                 raise RuntimeError("PaddleEngine used after close()")
             try:
-                results = self._ocr.predict(array)
+                results = priority.run_niced(self._config, self._ocr.predict, array)
             except Exception as exc:
                 raise OcrFailed(f"PaddleOCR failed on a page: {type(exc).__name__}: {exc}") from exc
         lines: list[OcrLine] = []
@@ -221,6 +223,7 @@ class TesseractEngine(OcrEngine):
         self.binary = available.tesseract_binary(config)
         self.psm = int(psm)
         self.timeout = float(config.get("OCR_TESSERACT_TIMEOUT", 120.0))
+        self._config = config
         self.model = f"Tesseract LSTM, lang {self.lang}"
         # One OpenMP thread: executor slots already use the cores; tesseract's own threads only
         # oversubscribe them (and OpenMP spin-waits burn CPU).
@@ -235,7 +238,8 @@ class TesseractEngine(OcrEngine):
         if dpi:
             cmd += ["--dpi", str(int(round(float(dpi[0] if isinstance(dpi, tuple) else dpi))))]
         try:
-            done = subprocess.run(cmd + ["tsv"], input=buf.getvalue(), capture_output=True,
+            done = subprocess.run(priority.nice_command(self._config, cmd + ["tsv"]), input=buf.getvalue(),
+                                  capture_output=True,
                                   timeout=self.timeout, env=self._env, check=False)
         except subprocess.TimeoutExpired as exc:
             raise OcrFailed(f"tesseract took longer than {self.timeout:.0f} s on a page") from exc

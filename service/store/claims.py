@@ -192,7 +192,8 @@ class ClaimStore:
 
     def _finish_in(self, t: rawsql.Tx, job_id: str, token: str, status: JobStatus, *, result=None,
                    error_code=None, error_message=None, files: list[dict] = (), duration: float | None = None,
-                   message: str | None = None, kind: str | None = None, log_lines=()) -> bool:
+                   message: str | None = None, kind: str | None = None, log_lines=(),
+                   log_trim: bool = True) -> bool:
         now = self.clock()
         n = t.rowcount(_FINISH, {
             "status": status.value, "result": t.json(result), "error_code": error_code,
@@ -202,7 +203,7 @@ class ClaimStore:
             return False
         for f in files:
             t.rowcount(_INSERT_FILE, dict(job_id=job_id, created_at=now, **f))
-        job_logs.append_in(t, job_id, list(log_lines), self.log_keep)
+        job_logs.append_in(t, job_id, list(log_lines), self.log_keep, trim=log_trim)
         if status == JobStatus.SUCCEEDED and duration is not None and kind:
             self._record_duration(t, kind, duration, now)
         return True

@@ -31,12 +31,15 @@ def _rows(job_id: str, lines: Iterable[Line]) -> list[dict]:
             for at, level, message in lines]
 
 
-def append_in(t: rawsql.Tx, job_id: str, lines: list[Line], keep: int = KEEP_LINES) -> None:
-    """Add lines in the caller's raw transaction (the finish), then trim to the last ``keep``."""
+def append_in(t: rawsql.Tx, job_id: str, lines: list[Line], keep: int = KEEP_LINES, trim: bool = True) -> None:
+    """Add lines in the caller's raw transaction (the finish), then trim to the last ``keep``.
+    ``trim=False`` when the job cannot have more (see JobLogBuffer.needs_trim): the trim's
+    query was a third of what a short job's log cost in its finish."""
     if not lines:
         return
-    for row in _rows(job_id, lines):
-        t.rowcount(INSERT, row)
+    t.executemany(INSERT, _rows(job_id, lines))
+    if not trim:
+        return
     cut = t.scalar(_CUT, {"job_id": job_id, "keep": keep})
     if cut is not None:
         n = t.rowcount(_TRIM, {"job_id": job_id, "cut": cut})

@@ -49,6 +49,11 @@ class Tx:
         cur.execute(sql if self.sqlite else _pyformat(sql), params or {})
         return cur
 
+    def executemany(self, sql: str, rows: list[dict]) -> None:
+        cur = self.dbapi.cursor()
+        cur.executemany(sql if self.sqlite else _pyformat(sql), rows)
+        cur.close()
+
     def rowcount(self, sql: str, params: dict | None = None) -> int:
         cur = self.execute(sql, params)
         n = cur.rowcount
