@@ -68,7 +68,7 @@ def test_register_password_bounds_are_inclusive(client):
 
 
 @pytest.mark.parametrize("email", ["not-an-email", "a@b", "a b@example.org", "@example.org", "a@@example.org",
-                                   "a@example.c", 42, ["a@example.org"]])
+                                   "a@example.c", 42, ["a@example.org"], "a@example.org\n", False, 0, {}, []])
 def test_register_refuses_bad_emails(client, email):
     body = assert_error(register(client, username="frank", password=PASSWORD, email=email), 400,
                         "VALIDATION_ERROR")

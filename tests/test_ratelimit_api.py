@@ -26,6 +26,9 @@ def test_limit_is_shared_by_two_app_processes_on_one_database(app_factory):
     body = limited.get_json()
     assert limited.status_code == 429 and body["error_code"] == "RATE_LIMITED"
     assert int(limited.headers["Retry-After"]) > 0
+    # the request id is set before the limiter answers: even a refused request can be traced
+    traced = alice_b.get("/api/v1/jobs", headers={"X-Request-ID": "limited-1"})
+    assert traced.status_code == 429 and traced.headers["X-Request-ID"] == "limited-1"
 
 
 def test_limits_are_per_user(app_factory):
