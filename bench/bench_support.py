@@ -344,3 +344,18 @@ def summarize(system: str, *, requested: int, first_submit: float, last_submit: 
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
+
+
+def run_files(name: str, out: Path | None = None) -> tuple[Path, Path]:
+    """(results JSON path, logs folder, made here) for one run of the benchmark ``name``."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = out or BENCH_DIR / "results" / f"{name}-{stamp}.json"
+    log_dir = out.with_suffix("").with_name(out.stem + "-logs")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return out, log_dir
+
+
+def reproduce_command(script: str, argv: list[str]) -> str:
+    """The shell command that runs ``bench/<script>`` again with the same arguments."""
+    import shlex
+    return f"cd {shlex.quote(str(REPO_ROOT))} && .venv/bin/python bench/{script} {shlex.join(argv)}".rstrip()

@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from bench_support import (BENCH_DIR, REPO_ROOT, BenchError, interrupt_on_signals,
+from bench_support import (BenchError, interrupt_on_signals, reproduce_command, run_files,
                            stop_all_processes)
 
 SYSTEMS = ("ilgun-http", "ilgun-in-process", "rq", "celery", "flask-floor")
@@ -270,18 +269,11 @@ def machine_info() -> dict:
             "note": "a shared 2-core machine: compare the ratios, not the absolute numbers"}
 
 
-def reproduce_command(argv: list[str]) -> str:
-    return f"cd {shlex.quote(str(REPO_ROOT))} && .venv/bin/python bench/engine.py {shlex.join(argv)}".rstrip()
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     interrupt_on_signals()
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = args.out or BENCH_DIR / "results" / f"engine-{stamp}.json"
-    log_dir = out.with_suffix("").with_name(out.stem + "-logs")
-    log_dir.mkdir(parents=True, exist_ok=True)
+    out, log_dir = run_files("engine", args.out)
     info = machine_info()
     started = time.time()
     try:
@@ -294,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         from ilgun_runner import drop_created_databases
         drop_created_databases()   # --database-url pg: after the servers, which hold connections
     rows = [r for rows in rounds for r in rows]
-    command = reproduce_command(argv)
+    command = reproduce_command("engine.py", argv)
     print()
     print(f"ilgun engine benchmark: {args.jobs} no-op jobs per system, {args.clients} submitting threads, "
           f"{info['cpus_usable']} usable cores (shared machine: read the ratios, not the absolutes)")

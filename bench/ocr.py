@@ -49,15 +49,14 @@ import os
 import platform
 import queue as queue_mod
 import re
-import shlex
 import sys
 import threading
 import time
 from datetime import datetime
 from pathlib import Path
 
-from bench_support import (BENCH_DIR, REPO_ROOT, BenchError, Progress, interrupt_on_signals, make_temp_dir,
-                           percentile, stop_all_processes, utc_epoch, wait_for)
+from bench_support import (REPO_ROOT, BenchError, Progress, interrupt_on_signals, make_temp_dir, percentile,
+                           reproduce_command, run_files, stop_all_processes, utc_epoch, wait_for)
 
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
@@ -977,11 +976,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     interrupt_on_signals()
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_path = args.out or BENCH_DIR / "results" / f"ocr-{args.engine}-{stamp}.json"
-    log_dir = out_path.with_suffix("").with_name(out_path.stem + "-logs")
-    log_dir.mkdir(parents=True, exist_ok=True)
-    command = f"cd {shlex.quote(str(REPO_ROOT))} && .venv/bin/python bench/ocr.py {shlex.join(argv)}".rstrip()
+    out_path, log_dir = run_files(f"ocr-{args.engine}", args.out)
+    command = reproduce_command("ocr.py", argv)
     started = time.time()
     res = {"started_at": datetime.fromtimestamp(started).isoformat(timespec="seconds"), "command": command,
            "settings": {"engine": args.engine, "pages": args.pages, "repeat": args.repeat, "input": args.input, "procs": args.procs,
