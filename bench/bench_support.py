@@ -359,3 +359,12 @@ def reproduce_command(script: str, argv: list[str]) -> str:
     """The shell command that runs ``bench/<script>`` again with the same arguments."""
     import shlex
     return f"cd {shlex.quote(str(REPO_ROOT))} && .venv/bin/python bench/{script} {shlex.join(argv)}".rstrip()
+
+
+def package_version(name: str) -> str | None:
+    """An installed distribution's version, or None (for the machine info a run records)."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None

@@ -37,7 +37,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from bench_support import (BenchError, interrupt_on_signals, reproduce_command, run_files,
+from bench_support import (BenchError, interrupt_on_signals, package_version, reproduce_command, run_files,
                            stop_all_processes)
 
 SYSTEMS = ("ilgun-http", "ilgun-in-process", "rq", "celery", "flask-floor")
@@ -249,12 +249,6 @@ def _fmt(value, pattern: str = "{:.1f}") -> str:
 
 
 def machine_info() -> dict:
-    def version(module: str) -> str | None:
-        try:
-            from importlib.metadata import version as v
-            return v(module)
-        except Exception:  # noqa: BLE001
-            return None
     try:
         redis_server = subprocess.run(["redis-cli", "-h", "127.0.0.1", "INFO", "server"], capture_output=True,
                                       text=True, timeout=5).stdout
@@ -264,8 +258,9 @@ def machine_info() -> dict:
         redis_version = None
     return {"cpus_usable": len(os.sched_getaffinity(0)), "loadavg_before": os.getloadavg(),
             "python": platform.python_version(), "platform": platform.platform(),
-            "redis_server": redis_version, "rq": version("rq"), "celery": version("celery"),
-            "redis_py": version("redis"), "gunicorn": version("gunicorn"), "sqlalchemy": version("SQLAlchemy"),
+            "redis_server": redis_version, "rq": package_version("rq"), "celery": package_version("celery"),
+            "redis_py": package_version("redis"), "gunicorn": package_version("gunicorn"),
+            "sqlalchemy": package_version("SQLAlchemy"),
             "note": "a shared 2-core machine: compare the ratios, not the absolute numbers"}
 
 

