@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import flask
-from flask import Blueprint, current_app, request, send_file
+from flask import Blueprint, current_app, request
 from flask_jwt_extended import current_user, jwt_required
 
 from service.errors import ValidationError
 from service.extensions import limiter
-from service.web.http import int_arg, ok, paginated
+from service.web.http import attachment, int_arg, ok, paginated
 
 bp = Blueprint("files", __name__, url_prefix="/api/v1")
 
@@ -70,11 +70,7 @@ def get_file(file_id):
 @bp.get("/files/<file_id>/content")
 @jwt_required()
 def file_content(file_id):
-    path, row = _uploads().path(current_user, file_id)
-    resp = send_file(path, mimetype=row["content_type"], as_attachment=True, download_name=row["name"],
-                     conditional=True, etag=row["sha256"], max_age=0)
-    resp.headers["X-Content-Type-Options"] = "nosniff"
-    return resp
+    return attachment(*_uploads().path(current_user, file_id))
 
 
 @bp.delete("/files/<file_id>")

@@ -1,14 +1,14 @@
 """/api/v1/jobs: submit, list, read, cancel, retry, delete, and the job's files."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, request, send_file
+from flask import Blueprint, current_app, request
 from flask_jwt_extended import current_user, jwt_required
 
 from service.engine.status import JobStatus
 from service.errors import ValidationError
 from service.extensions import limiter
 from service.web.files import save_upload, uploaded_file
-from service.web.http import int_arg, json_body, ok, paginated
+from service.web.http import attachment, int_arg, json_body, ok, paginated
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1")
 
@@ -128,10 +128,4 @@ def files(job_id):
 @bp.get("/jobs/<job_id>/files/<path:name>")
 @jwt_required()
 def download_file(job_id, name):
-    path, meta = _svc().file_path(current_user, job_id, name)
-    # send_file with conditional=True answers Range (206/416), If-None-Match and
-    # If-Modified-Since (304) and streams the file from disk.
-    resp = send_file(path, mimetype=meta["content_type"], as_attachment=True, download_name=meta["name"],
-                     conditional=True, etag=meta["sha256"] or True, max_age=0)
-    resp.headers["X-Content-Type-Options"] = "nosniff"
-    return resp
+    return attachment(*_svc().file_path(current_user, job_id, name))
