@@ -5,12 +5,12 @@ everyone else only their own (another user's job id answers JOB_NOT_FOUND).
 """
 from __future__ import annotations
 
-import logging
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
+from service.engine import events
 from service.engine.dispatcher import policy_for
 from service.errors import Forbidden, NotFound
 from service.files_service import FileService
@@ -23,8 +23,6 @@ from service.store.users import UserStore
 from service.store.workers import WorkerStore
 from service.workspace import Workspace, check_plain_name
 
-
-log = logging.getLogger(__name__)
 
 TIMING_TTL = 1.0
 
@@ -94,11 +92,7 @@ class JobService:
     def cancel(self, viewer, job_id: str) -> dict:
         job = self.jobs.request_cancel(job_id, _scope(viewer))
         if job["status"] == "cancelled":  # it was queued: no execution will report its end
-            for observer in self.observers:
-                try:
-                    observer.job_finished(job["kind"], "cancelled", None, None)
-                except Exception:  # metrics must never fail a cancel
-                    log.exception("observer failed")
+            events.notify(self.observers, "job_finished", job["kind"], "cancelled", None, None)
         elif self.dispatcher is not None:
             self.dispatcher.cancel_local(job["id"])
         return self.view(job)

@@ -5,7 +5,10 @@ and must not raise (the dispatcher logs and ignores what they raise).
 """
 from __future__ import annotations
 
-from typing import Protocol
+import logging
+from typing import Iterable, Protocol
+
+log = logging.getLogger(__name__)
 
 
 class JobObserver(Protocol):
@@ -16,3 +19,13 @@ class JobObserver(Protocol):
 
     def job_retried(self, kind: str, error_code: str) -> None:
         """A transient failure sent the job back to the queue for another attempt."""
+
+
+def notify(observers: Iterable[JobObserver], event: str, *args) -> None:
+    """Call ``event`` on every observer; one that raises is logged and skipped (an observer must
+    never fail the job or the request that reported to it)."""
+    for observer in observers:
+        try:
+            getattr(observer, event)(*args)
+        except Exception:
+            log.exception("job observer %r failed on %s", observer, event)

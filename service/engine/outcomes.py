@@ -9,6 +9,7 @@ import logging
 import random
 import time
 
+from service.engine import events
 from service.engine.context import RunContext
 from service.engine.kind import JobCancelled, JobFailed, TransientJobError
 from service.engine.status import JobStatus
@@ -136,8 +137,7 @@ class OutcomeMixin:
                          time.monotonic() - ctx.started_monotonic)
 
     def _notify(self, event: str, *args) -> None:
-        for observer in self.observers:
-            self._safe(getattr(observer, event), *args)
+        events.notify(self.observers, event, *args)
 
 
 def _details(exc: JobFailed):

@@ -22,14 +22,12 @@ def check_unknown(params: Mapping[str, Any], allowed: set[str]) -> None:
 
 def file_id(params: Mapping[str, Any]) -> str:
     raw = params.get("file_id")
-    try:
-        return str(uuid.UUID(raw)) if isinstance(raw, str) else _raise()
-    except ValueError:
-        raise invalid("file_id must be the id of one of your uploads (POST /api/v1/files).", "file_id") from None
-
-
-def _raise():
-    raise ValueError
+    if isinstance(raw, str):
+        try:
+            return str(uuid.UUID(raw))
+        except ValueError:
+            pass
+    raise invalid("file_id must be the id of one of your uploads (POST /api/v1/files).", "file_id")
 
 
 def flag(params: Mapping[str, Any], name: str, default: bool) -> bool:
