@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 from service.engine import events
 from service.engine.dispatcher import policy_for
+from service.engine.status import FINAL, JobStatus
 from service.errors import Forbidden, NotFound
 from service.files_service import FileService
 from service.kinds import KINDS, get_kind
@@ -187,7 +188,8 @@ class JobService:
             position = job["position"] if "position" in job else self.jobs.queue_position(job)
             eta = eta_seconds(position, avg, min(slots, global_limit or slots), job["run_after"] - time.time())
         if files is None:
-            files = self.jobs.files(job["id"]) if job["status"] == "succeeded" else []
+            # cancelled and failed jobs may keep files too (a crawl's partial result)
+            files = self.jobs.files(job["id"]) if JobStatus(job["status"]) in FINAL else []
         error = {"code": job["error_code"], "message": job["error_message"]} if job["error_code"] else None
         return {
             "id": job["id"], "kind": job["kind"], "owner_id": job["owner_id"], "status": job["status"],

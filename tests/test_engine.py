@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import sqlalchemy as sa
 
 from tests.conftest import running_app, sign_up
 
@@ -54,6 +55,32 @@ def test_cancel_queued_job_is_immediate(app_factory):
     again = admin.post(f"/api/v1/jobs/{queued['id']}/cancel")
     assert again.status_code == 409 and again.get_json()["error_code"] == "INVALID_STATE"
     admin.post(f"/api/v1/jobs/{blocker['id']}/cancel")
+
+
+def test_a_direct_start_never_takes_a_slot_a_claim_in_flight_is_filling(app_factory):
+    """The claim loop claims outside the dispatcher's lock; a submit that started its job
+    directly meanwhile used to leave two jobs running in one slot (seen as a flaky test)."""
+    app, admin = running_app(app_factory, MAX_WORKERS=1, POLL_INTERVAL=0.05)
+    dispatcher = app.extensions["ilgun"].dispatcher
+    claim = dispatcher.claims.claim
+
+    def slow_claim(*args, **kwargs):
+        time.sleep(0.1)   # the window: free slots counted, the claim not yet committed
+        return claim(*args, **kwargs)
+    dispatcher.claims.claim = slow_claim
+    ids = [admin.submit("sleep", {"duration": 0.3, "steps": 1}).get_json()["data"]["id"] for _ in range(4)]
+    engine = app.extensions["ilgun"].engine
+    most = 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:   # one statement: a consistent snapshot
+            running = conn.execute(sa.text("SELECT count(*) FROM jobs WHERE status = 'running'")).scalar()
+        most = max(most, running, len(dispatcher.active_ids()))
+        if all(admin.get(f"/api/v1/jobs/{i}").get_json()["data"]["status"] == "succeeded" for i in ids):
+            break
+        time.sleep(0.01)
+    assert all(admin.get(f"/api/v1/jobs/{i}").get_json()["data"]["status"] == "succeeded" for i in ids)
+    assert most == 1
 
 
 def test_transient_failure_is_retried_with_backoff_then_succeeds(admin, dispatcher):

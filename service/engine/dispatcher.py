@@ -33,11 +33,13 @@ from service.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
+CLAIM_WAIT = 0.25   # seconds a submit waits for a claim in flight before queueing its job
+
 
 def policy_for(kind: JobKind, config: Mapping[str, Any]) -> KindPolicy:
     per_user, global_limit = kind.limits_for(config)
     return KindPolicy(kind.name, per_user, kind.over_limit_for(config), global_limit, kind.max_attempts,
-                      kind.timeout_for(config))
+                      kind.timeout_for(config), kind.over_limit_error)
 
 
 class Dispatcher(MonitorMixin, OutcomeMixin):
@@ -62,13 +64,16 @@ class Dispatcher(MonitorMixin, OutcomeMixin):
         self._log_capture = job_log_capture()
         self.workers = WorkerStore(engine)
         self.policies = {name: policy_for(k, config) for name, k in self.kinds.items()}
-        self._room = LocalRoom({name: k.process_limit_for(config) for name, k in self.kinds.items()})
+        self._room = LocalRoom({name: k.process_limit_for(config) for name, k in self.kinds.items()},
+                               {name: gate for name, k in self.kinds.items() if (gate := k.local_gate(config))})
         self._active: dict[str, RunContext] = {}
         self._last_queued = 0.0  # when a submit in this process last queued a job (see wake)
         self._reserved = 0  # slots promised to submissions that may start their job directly
         self._closed = False  # set by stop() once it has handed back every registered job
         self._asked_back: set[str] = set()  # jobs told to hand themselves back as they started
         self._lock = threading.Lock()
+        self._claimed_slots = threading.Condition(self._lock)   # notified when a claim in flight ends
+        self._claiming = 0   # slots reserved by the claim loop for the claim it is running
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._monitor_stop = threading.Event()
@@ -107,6 +112,12 @@ class Dispatcher(MonitorMixin, OutcomeMixin):
         saving the claim transaction and a thread switch. Pair with start_reserved or
         release_slot."""
         with self._lock:
+            # a claim in flight holds the free slots for a few milliseconds: wait for it rather
+            # than queue a job that could start now
+            deadline = time.monotonic() + CLAIM_WAIT
+            while self._claiming and len(self._active) + self._reserved >= self.slots \
+                    and (left := deadline - time.monotonic()) > 0:
+                self._claimed_slots.wait(left)
             if not self._accepting or len(self._active) + self._reserved >= self.slots:
                 return False
             if kind is not None and not self._room.reserve_one(kind, self._running_kinds()):
@@ -195,18 +206,28 @@ class Dispatcher(MonitorMixin, OutcomeMixin):
     def _claim_loop(self) -> None:
         while not self._stopping.is_set():
             self._wake.clear()
+            began = time.monotonic()
             with self._lock:
-                free = self._free_slots()
-                room = self._room.take(self._running_kinds()) if free > 0 else {}
+                # the free slots are reserved while the claim runs outside the lock: a submit
+                # must not start its job directly in a slot this claim is about to fill
+                claiming = max(0, self._free_slots()) if self._accepting else 0
+                room = self._room.take(self._running_kinds()) if claiming > 0 else {}
+                self._reserved += claiming
+                self._claiming = claiming
             try:
-                if self._accepting and free > 0:
-                    claimed = self._safe(self.claims.claim, self.worker_id, free, self.policies,
+                if claiming > 0:
+                    claimed = self._safe(self.claims.claim, self.worker_id, claiming, self.policies,
                                          self.lease_seconds, room=room) or []
                     for job in claimed:
                         self._start(job)
             finally:
                 with self._lock:
+                    self._reserved -= claiming
+                    self._claiming = 0
                     self._room.give_back(room)
+                    self._claimed_slots.notify_all()
+            if claiming > 0 and self._last_queued >= began and self._free_slots() > 0:
+                continue   # a submit here queued a job while the claim ran: the claim may have missed it
             self._wake.wait(self.poll_interval)
 
     def _context(self, job: dict) -> RunContext:

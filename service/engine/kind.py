@@ -7,7 +7,7 @@ only) and ``run`` on an executor thread.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 
 class JobFailed(Exception):
@@ -25,7 +25,15 @@ class TransientJobError(JobFailed):
 
 
 class JobCancelled(Exception):
-    """Raised by ``ctx.check_cancelled()``; the engine records the job as cancelled."""
+    """Raised by ``ctx.check_cancelled()``; the engine records the job as cancelled.
+
+    A kind whose work is useful in part (a crawl) raises it with ``result``: on a user's cancel
+    or a timeout the engine then keeps the job's output files and records that result (mark it
+    partial). On a shutdown hand-back or a lost lease the result is dropped as usual."""
+
+    def __init__(self, reason: str | None = None, result: dict | None = None):
+        super().__init__(reason)
+        self.result = result
 
 
 class JobContext(Protocol):
@@ -51,6 +59,8 @@ class JobKind:
     # submission beyond it does: "queue" waits its turn, "refuse" is answered 409.
     per_user_limit: int | None = None
     over_limit: str = "queue"
+    # The 409's error code and message when over_limit is "refuse" (None: CONCURRENCY_LIMIT).
+    over_limit_error: tuple[str, str] | None = None
     # Running jobs of this kind across all workers and hosts (None: no limit).
     global_limit: int | None = None
     # Running jobs of this kind in one worker process (None: no limit): for kinds holding a big
@@ -81,6 +91,12 @@ class JobKind:
 
     def process_limit_for(self, config: Mapping[str, Any]) -> int | None:
         return self._override(config).get("per_process", self.per_process_limit)
+
+    def local_gate(self, config: Mapping[str, Any]) -> "Callable[[], bool] | None":
+        """A check this process makes before it claims or starts a job of this kind (False:
+        leave it to another worker), or None. For kinds whose jobs run best where a resource
+        already is (a warm OCR engine: kinds/ocr.py)."""
+        return None
 
     def timeout_for(self, config: Mapping[str, Any]) -> float:
         return float(self._override(config).get("timeout", self.timeout_seconds))

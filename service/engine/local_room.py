@@ -12,24 +12,42 @@ Called with the dispatcher's lock held.
 """
 from __future__ import annotations
 
+import logging
 from collections import Counter
-from typing import Iterable
+from typing import Callable, Iterable
+
+log = logging.getLogger(__name__)
 
 
 class LocalRoom:
-    def __init__(self, limits: dict[str, int]):
+    def __init__(self, limits: dict[str, int], gates: dict[str, Callable[[], bool]] | None = None):
         self.limits = {kind: int(n) for kind, n in limits.items() if n is not None}
+        # kind -> may this process start one now? (JobKind.local_gate: e.g. an OCR engine place)
+        self.gates = dict(gates or {})
         self._held: Counter = Counter()   # places handed to claims and reservations in flight
+
+    def _closed(self, kind: str) -> bool:
+        gate = self.gates.get(kind)
+        if gate is None:
+            return False
+        try:
+            return not gate()
+        except Exception:  # a gate's trouble must not stop this worker claiming
+            log.exception("the %s kind's gate failed; treating it as open", kind)
+            return False
 
     def take(self, running: Iterable[str], finishing: str | None = None) -> dict[str, int]:
         """Hold every free place of each limited kind for one claim; ``finishing``: the kind of
         the job whose finish this claim shares a transaction with (its place frees up)."""
-        if not self.limits:
+        if not self.limits and not self.gates:
             return {}
         counts = Counter(running)
         if finishing is not None:
             counts[finishing] -= 1
         room = {kind: max(0, limit - counts[kind] - self._held[kind]) for kind, limit in self.limits.items()}
+        for kind in self.gates:
+            if self._closed(kind):
+                room[kind] = 0
         self._held.update(room)
         return room
 
@@ -40,6 +58,8 @@ class LocalRoom:
 
     def reserve_one(self, kind: str, running: Iterable[str]) -> bool:
         """One place for a direct start; False if the kind is at its limit here."""
+        if self._closed(kind):
+            return False
         if kind not in self.limits:
             return True
         if self.limits[kind] - Counter(running)[kind] - self._held[kind] <= 0:

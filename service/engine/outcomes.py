@@ -55,8 +55,8 @@ class OutcomeMixin:
                     log_lines=lines, log_trim=self._needs_trim(ctx), **outcome)
             self._notify_finished(ctx, JobStatus.SUCCEEDED, None)
             return next_job
-        except JobCancelled:
-            self._stopped(job, ctx)
+        except JobCancelled as exc:
+            self._stopped(job, ctx, exc.result)
         except TransientJobError as exc:
             self._discard(ctx)
             if job["attempt"] < job["max_attempts"] and not ctx.cancelled:
@@ -113,20 +113,30 @@ class OutcomeMixin:
         if ctx.folder_locked:
             self.workspace.discard_job_files(ctx.owner_id, ctx.job_id)
 
-    def _stopped(self, job: dict, ctx: RunContext) -> None:
+    def _stopped(self, job: dict, ctx: RunContext, partial: dict | None = None) -> None:
+        """``partial``: the result of a kind that keeps what it did so far (kind.JobCancelled)."""
         reason = ctx.stop_reason
         if reason == "lost":
             return  # another worker owns the job now; leave its files and record alone
-        self._discard(ctx)
+        kept = {}
+        if partial is not None and reason in ("cancel", "timeout"):
+            kept = dict(result=partial, files=ctx.output_files())
+            if kept["files"]:
+                self.workspace.discard_tmp(job["owner_id"], job["id"])
+            else:
+                self._discard(ctx)
+        else:
+            self._discard(ctx)
         if reason == "shutdown":
             with ctx.job_log.writing:
                 self._hand_back(job["id"], ctx.token, ctx)
         elif reason == "timeout":
             message = f"The job ran longer than {job['timeout_seconds']:.0f}s."
             self._finish(ctx, JobStatus.FAILED, "TIMEOUT", ("ERROR", f"failed TIMEOUT: {message}"),
-                         error_message=message)
+                         error_message=message, **kept)
         else:
-            self._finish(ctx, JobStatus.CANCELLED, None, ("INFO", "cancelled"), message="cancelled")
+            self._finish(ctx, JobStatus.CANCELLED, None, ("INFO", "cancelled" + (" (partial result kept)" if kept else "")),
+                         message="cancelled", **kept)
 
     # -- observers ------------------------------------------------------------------------
     def _notify_finished(self, ctx: RunContext, status: JobStatus, error_code: str | None) -> None:

@@ -31,6 +31,7 @@ class KindPolicy:
     global_limit: int | None = None
     max_attempts: int = 3
     timeout_seconds: float | None = None
+    over_limit_error: tuple[str, str] | None = None  # (code, message) of the 409 when refused
 
     @property
     def limited(self) -> bool:
@@ -157,9 +158,10 @@ class JobStore:
             active = sum(t.scalar(_COUNT_MINE_OF_KIND, {"status": status, "owner": owner_id, "kind": policy.name})
                          for status in ACTIVE)
             if active >= policy.per_user_limit:
+                code, message = policy.over_limit_error or (None, None)
                 raise ConcurrencyLimit(
-                    f"A {policy.name} job of yours is already active; only {policy.per_user_limit} "
-                    f"at a time is allowed. Wait for it to finish or cancel it.",
+                    message or f"A {policy.name} job of yours is already active; only {policy.per_user_limit} "
+                    f"at a time is allowed. Wait for it to finish or cancel it.", code=code,
                     details={"kind": policy.name, "limit": policy.per_user_limit, "active": active})
         mine = t.scalar(_COUNT_QUEUED_MINE, {"owner": owner_id})
         if mine >= bounds.per_user:
