@@ -28,8 +28,10 @@ against idle, and the memory (PSS) of every gunicorn worker, in one run.
    midpoint had every slot busy count), and idle again with the engines still loaded.
    Client round trips, and the server's own time from the JSON access log (X-Request-ID).
 5. Memory: PSS and RSS (/proc/<pid>/smaps_rollup) of the gunicorn master and workers every
-   0.5 s: before any OCR, peak, steady (after the runs, engine loaded) and after the idle TTL
-   released the engines; VmHWM gives the exact peak RSS.
+   0.5 s, a worker's figures including its PaddleOCR engine process (which holds the models):
+   before any OCR, peak, steady (after the runs, engine loaded) and after the idle TTL
+   released the engines; VmHWM gives the peak RSS (summed over a worker and its engine).
+   Raw PaddleOCR runs in the raw processes themselves: no engine process, no nice.
 
 CPU is sampled too (/proc): the processes measured, this script, and the whole machine. "other
 CPU" is what the rest of the machine (other tenants) used during a window, in cores; on a
@@ -118,6 +120,29 @@ def memory(pid: int | str = "self") -> dict | None:
     return out if "pss_mb" in out else None
 
 
+def memory_of(pid: int, role: str) -> dict | None:
+    """memory(pid); a worker's figures include its live child processes (the PaddleOCR engine
+    process, a tesseract run): PSS/RSS summed, hwm_mb the sum of peaks (an upper bound), and
+    engine_pss_mb the children's share."""
+    own = memory(pid)
+    if own is None or role != "worker":
+        return own
+    kids = [m for c in child_pids(pid) if (m := memory(c)) is not None]
+    for key in ("pss_mb", "rss_mb", "hwm_mb"):
+        own[key] = round(own.get(key, 0) + sum(m.get(key, 0) for m in kids), 1)
+    own["engine_pss_mb"] = round(sum(m["pss_mb"] for m in kids), 1)
+    return own
+
+
+def cpu_of(pid: int, role: str) -> float | None:
+    """proc_cpu with reaped children; a worker's also counts its live children (the engine
+    process's CPU reaches the worker's own figures only once it exits)."""
+    own = proc_cpu(pid, children=role != "master")
+    if own is None or role != "worker":
+        return own
+    return own + sum(c for k in child_pids(pid) if (c := proc_cpu(k, children=True)) is not None)
+
+
 def machine_busy() -> float:
     """Core-seconds the whole machine has been busy (not idle, not iowait) since boot."""
     with open("/proc/stat") as f:
@@ -145,8 +170,8 @@ class Sampler(threading.Thread):
         t = time.time()
         procs = {}
         for pid, role in self.tracked().items():
-            mem = memory(pid)
-            cpu = proc_cpu(pid, children=role != "master")
+            mem = memory_of(pid, role)
+            cpu = cpu_of(pid, role)
             if mem is not None and cpu is not None:
                 procs[pid] = {**mem, "cpu_s": cpu, "role": role}
         row = {"t": t, "machine_s": machine_busy(), "self_s": proc_cpu(os.getpid()), "procs": procs}
@@ -270,14 +295,51 @@ def _self_cpu() -> float:
     return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
 
+class _RawPaddle:
+    """Raw PaddleOCR: the library called in this very process (no engine process, no nice), on
+    the same image bytes and with the same settings the service's engine process uses."""
+
+    def __init__(self, config: dict):
+        from service.ocr import paddle_server
+        from service.ocr.engines import PaddleSettings, paddle_kwargs
+        from service.ocr.paddle_process import child_env
+        os.environ.update(child_env(config))
+        self._server = paddle_server
+        self._ocr = paddle_server._build(paddle_kwargs(PaddleSettings.from_config(config)))
+
+    def recognize(self, image) -> list:
+        from types import SimpleNamespace
+        img = image if image.mode in ("L", "RGB") else image.convert("RGB")
+        lines = self._server._recognize(self._ocr, {"mode": img.mode, "size": img.size}, img.tobytes())
+        return [SimpleNamespace(text=text.strip()) for text, _, _ in lines if text.strip()]
+
+
+def _raw_engines(engine: str, config: dict):
+    """``use()`` -> a context manager lending the engine, built on first use. Tesseract: the
+    service's own engine (a tesseract process per page, which is what raw Tesseract is too)."""
+    from contextlib import contextmanager
+    if engine != "paddle":
+        from service.ocr.cache import EngineCache
+        cache = EngineCache(config, size=1, idle_ttl=0, reaper=False)
+        return lambda: cache.use(engine, {"lang": None})
+    held = []
+
+    @contextmanager
+    def use():
+        if not held:
+            held.append(_RawPaddle(config))
+        yield held[0]
+    return use
+
+
 def _raw_process(engine: str, config: dict, tasks, out_q, release, timeout: float) -> None:
-    """One raw process: the service's reader and engine cache, no service. Pulls pages from
-    ``tasks`` until it is empty; the engine is built on the first, as a gunicorn worker does on
-    its first OCR job. Stays alive until ``release`` so the parent's last CPU sample sees it."""
+    """One raw process: the service's page reader and raw PaddleOCR (or Tesseract), no service.
+    Pulls pages from ``tasks`` until it is empty; the engine is built on the first, as a gunicorn
+    worker's is on its first OCR job. Stays alive until ``release`` so the parent's last CPU
+    sample sees it."""
     began = time.time()
     from service.ocr import open_document
-    from service.ocr.cache import EngineCache
-    cache = EngineCache(config, size=1, idle_ttl=0, reaper=False)
+    use = _raw_engines(engine, config)
     report = {"pid": os.getpid(), "import_s": round(time.time() - began, 2), "pages": [], "memory": {}}
     report["memory"]["before"] = memory()
     cpu0 = _self_cpu()
@@ -292,7 +354,7 @@ def _raw_process(engine: str, config: dict, tasks, out_q, release, timeout: floa
             with open_document(path, config) as doc:
                 for page in doc.pages():
                     a = time.perf_counter()
-                    with cache.use(engine, {"lang": None}) as eng:
+                    with use() as eng:
                         b = time.perf_counter()
                         lines = eng.recognize(page.image)
                         recognize_s += time.perf_counter() - b
@@ -664,7 +726,7 @@ def run_service(args, pages: list[dict], svc: Service) -> dict:
         time.sleep(args.quiet_seconds)   # nothing running: what the service costs at rest
         out["idle_cpu"] = sampler.cpu_between(t_quiet, time.time())
         sampler.mark("before_ocr")
-        before = {pid: memory(pid) for pid in svc.tracked()}
+        before = {pid: memory_of(pid, role) for pid, role in svc.tracked().items()}
 
         t = sampler.mark("idle_probe")
         idle = LatencyProbe(svc.base, svc.hosts.token, target, args.latency_requests, args.latency_threads,
@@ -694,7 +756,7 @@ def run_service(args, pages: list[dict], svc: Service) -> dict:
         out["busy_pass"] = run_pass(svc, sampler, "busy", busy_pages, busy_ids, args.timeout, on_busy=on_busy)
         time.sleep(2)
         t_steady = sampler.mark("steady")
-        steady = {pid: memory(pid) for pid in svc.tracked()}
+        steady = {pid: memory_of(pid, role) for pid, role in svc.tracked().items()}
 
         after = LatencyProbe(svc.base, svc.hosts.token, target, args.latency_requests, args.latency_threads,
                              "after", args.latency_rate).run()
@@ -735,7 +797,7 @@ def run_service(args, pages: list[dict], svc: Service) -> dict:
                 out["release_wait_error"] = str(exc)
             time.sleep(2)
             sampler.mark("after_release")
-            released = {pid: memory(pid) for pid in svc.tracked()}
+            released = {pid: memory_of(pid, role) for pid, role in svc.tracked().items()}
         t_end = time.time()
         peaks = sampler.per_process(sampler.marks["before_ocr"], t_steady)
         rows = []
@@ -760,18 +822,23 @@ def run_service(args, pages: list[dict], svc: Service) -> dict:
             vals = [r[key][sub] for r in rows]
             return round(sum(vals), 1) if all(v is not None for v in vals) else None
         loaded_steady = [r["pss_mb"]["steady"] for r in workers if r["engine_loads"]]
+        # at most one engine per core on the host (OCR_ENGINES_PER_HOST, service/ocr/tokens.py):
+        # the worst case is that many workers with an engine and the rest without
+        places = min(profile.workers, usable_cores())
+        bare = max((r["pss_mb"]["after_release"] or r["pss_mb"]["before"] or 0) for r in workers) if workers else 0
+        master_pss = master[0]["pss_mb"]["steady"] if master else 0
         out["memory"] = {
             "per_process": rows,
             "total_pss_mb": {k: total("pss_mb", k) for k in ("before", "steady", "after_release")},
             "total_rss_mb": {k: total("rss_mb", k) for k in ("before", "steady", "after_release")},
             "total_peak_same_instant": sampler.peak_total(sampler.marks["before_ocr"], t_steady),
             "workers_holding_engine_at_steady": sum(1 for r in workers if r["engine_loads"]),
-            # every worker of the profile can end up holding an engine (until the idle TTL)
-            "worst_case_total_pss_mb": round((master[0]["pss_mb"]["steady"] if master else 0)
-                                             + profile.workers * max(loaded_steady), 1) if loaded_steady else None,
-            "worst_case_peak_total_pss_mb": round((master[0]["pss_mb"]["steady"] if master else 0) + profile.workers
-                                                  * max(r["pss_mb"]["peak_sampled"] or 0 for r in workers), 1)
-            if workers else None,
+            "engine_places": places,
+            "worst_case_total_pss_mb": round(master_pss + places * max(loaded_steady)
+                                             + (profile.workers - places) * bare, 1) if loaded_steady else None,
+            "worst_case_peak_total_pss_mb": round(master_pss + places * max(r["pss_mb"]["peak_sampled"] or 0
+                                                                           for r in workers)
+                                                  + (profile.workers - places) * bare, 1) if workers else None,
         }
         t_base = sampler.marks["before_ocr"]
         out["memory"]["timeline_note"] = "every 2 s: [seconds since before_ocr, {pid: PSS MB}]; marks in the same clock"
@@ -861,7 +928,7 @@ def format_report(res: dict) -> str:
         lines.append(f"  total PSS (master + {len(mem['per_process']) - 1} workers): before {_f(t['before'])}, "
                      f"peak at one instant {_f(mem['total_peak_same_instant']['pss_mb'])}, steady {_f(t['steady'])}, "
                      f"after release {_f(t['after_release'])}")
-        lines.append(f"  if all {svc['profile']['workers']} workers held an engine: steady "
+        lines.append(f"  worst case, {mem.get('engine_places')} workers with an engine (one per core), the rest without: steady "
                      f"{_f(mem['worst_case_total_pss_mb'])}, peak {_f(mem['worst_case_peak_total_pss_mb'])} MB PSS")
     if raw:
         lines.append("  raw processes, PSS peak sampled / RSS peak: " + ", ".join(

@@ -41,6 +41,10 @@ GIB = 1024 * MIB
 # the jobs they run. 512 MiB covers the baseline with room for two ordinary jobs; memory-hungry
 # job kinds need fewer workers (set WEB_CONCURRENCY) rather than a larger constant here.
 PER_WORKER_MEMORY_BYTES = 512 * MIB
+# What one PaddleOCR engine process takes at its peak beside the workers (bench/ocr.py: 1.3-1.8 GB
+# PSS, up to 2 GB RSS). The ocr kind runs as many jobs at once as there are cores, one engine
+# process each; the profile says what that needs and, where memory is short, the limit to set.
+OCR_ENGINE_MEMORY_BYTES = 1792 * MIB
 
 PROFILE_NAMES = ("small", "medium", "large")
 # Environment variables that replace one number of the chosen profile.
@@ -195,8 +199,8 @@ def choose_profile(env: Mapping[str, str] = os.environ, cores: int | None = None
                    mem_available_bytes: int | None = None) -> Profile:
     """Pick workers, threads and MAX_WORKERS for this machine; see the module docstring.
 
-    ``cores`` and ``mem_available_bytes`` are detected when not given (memory only for the
-    large profile, the one it caps). Raises ValueError for a bad ILGUN_PROFILE,
+    ``cores`` and ``mem_available_bytes`` are detected when not given (memory caps only the
+    large profile; every profile states what its OCR engines need of it). Raises ValueError for a bad ILGUN_PROFILE,
     WEB_CONCURRENCY, THREADS or MAX_WORKERS.
     """
     reasons: list[str] = []
@@ -242,7 +246,25 @@ def choose_profile(env: Mapping[str, str] = os.environ, cores: int | None = None
 
     reasons.append(f"so up to {workers * threads} requests and {workers * max_workers} jobs "
                    f"run at once ({workers} x {threads} threads, {workers} x {max_workers} job threads)")
+    if mem_available_bytes is None and name != "large":   # the large profile looked already
+        mem_available_bytes = available_memory_bytes()[0]
+    reasons.append(_ocr_memory_reason(cores, workers, mem_available_bytes))
     return Profile(name=name, workers=workers, threads=threads, max_workers=max_workers, reasons=reasons)
+
+
+def _ocr_memory_reason(cores: int, workers: int, mem_available: int | None) -> str:
+    need = cores * OCR_ENGINE_MEMORY_BYTES
+    text = (f"OCR with PaddleOCR: up to {cores} engine process(es) beside the workers (the ocr kind runs "
+            f"{cores} job(s) at once, one per core), ~{_format_bytes(OCR_ENGINE_MEMORY_BYTES)} each at "
+            f"peak: {_format_bytes(need)} on top of the workers' {_format_bytes(workers * PER_WORKER_MEMORY_BYTES)}")
+    if mem_available is None:
+        return text
+    room = mem_available - workers * PER_WORKER_MEMORY_BYTES
+    fits = max(0, room // OCR_ENGINE_MEMORY_BYTES)
+    if fits >= cores:
+        return text + f"; {_format_bytes(mem_available)} available, so it fits"
+    return text + (f"; only {_format_bytes(mem_available)} available: set KIND_LIMITS='{{\"ocr\": "
+                   f"{{\"global\": {max(1, fits)}}}}}' or OCR_ENGINE=tesseract (~100 MB per job)")
 
 
 # --- command line -----------------------------------------------------------------------------

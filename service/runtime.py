@@ -6,6 +6,7 @@ the executor and its threads are created after the fork, never in the master.
 from __future__ import annotations
 
 import logging
+import sys
 
 from service.engine.dispatcher import Dispatcher
 
@@ -33,4 +34,8 @@ def stop_worker_runtime(app, timeout: float | None = None) -> list[str]:
     if dispatcher is None:
         return []
     grace = app.config["SHUTDOWN_GRACE"] if timeout is None else timeout
-    return dispatcher.stop(timeout=grace)
+    handed_back = dispatcher.stop(timeout=grace)
+    ocr_cache = sys.modules.get("service.ocr.cache")   # not imported: no OCR ran here
+    if ocr_cache is not None:
+        ocr_cache.close_process_cache()   # the engine processes exit now, not a second after us
+    return handed_back

@@ -6,18 +6,22 @@ No mocks of paddle: these tests are what tells a dependency upgrade broke recogn
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
-import weakref
+from pathlib import Path
 
 import pytest
 
 from service.ocr import available, samples
 from service.ocr.cache import EngineCache
 from service.ocr.engines import PaddleEngine, parse_tsv
-from service.ocr.errors import OcrEngineUnavailable, OcrLanguageUnavailable
+from service.ocr.errors import OcrEngineUnavailable, OcrFailed, OcrLanguageUnavailable
 from service.ocr.pages import open_document
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -213,11 +217,77 @@ def test_check_available_names_what_to_install(tmp_path):
     assert names["paddle"]["available"] and "eng" in names["paddle"]["languages"]
 
 
-def test_release_drops_the_paddle_engine(paddle_cache):
-    """Last in this module: the shared engine is dropped and its predictor garbage-collected."""
+def test_paddle_runs_in_its_own_niced_process(paddle_cache):
+    """The request threads' worker never runs PaddleOCR itself: it holds the GIL for much of a
+    page. The engine process nices itself (OCR_NICE, default 10)."""
     with paddle_cache.use("paddle") as engine:
-        predictor = weakref.ref(engine._ocr)
+        pid = engine.pid
+        assert pid != os.getpid() and engine.alive
+        assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0) + 10
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+    assert "paddle" not in sys.modules and "paddleocr" not in sys.modules
+
+
+def test_a_page_over_its_time_limit_stops_the_engine_and_the_next_use_starts_another(paddle_cache):
+    with paddle_cache.use("paddle") as engine:
+        first = engine.pid
+        engine.page_timeout = 0.001
+        with pytest.raises(OcrFailed, match="longer than its limit"):
+            engine.recognize(samples.text_image())
+        assert not engine.alive
+    assert not _running(first)
+    assert paddle_cache.snapshot() == []
+    with paddle_cache.use("paddle") as engine:
+        assert engine.pid != first
+        assert similarity(text_of(engine.recognize(samples.text_image())), "\n".join(samples.SAMPLE_LINES)) >= 0.95
+
+
+def test_a_killed_engine_process_fails_the_page_not_the_worker(paddle_cache):
+    with paddle_cache.use("paddle") as engine:
+        os.kill(engine.pid, signal.SIGKILL)
+        with pytest.raises(OcrFailed, match="signal 9|ended"):
+            engine.recognize(samples.text_image())
+    releases = paddle_cache.releases
+    with paddle_cache.use("paddle") as engine:
+        assert engine.alive and len(engine.recognize(samples.text_image(samples.SAMPLE_LINES[:1]))) == 1
+    assert paddle_cache.releases == releases
+
+
+def test_the_engine_process_exits_when_its_worker_is_killed(ocr_config, tmp_path):
+    """A SIGKILLed gunicorn worker must not leave a 1.5 GB orphan behind."""
+    script = ("import json, sys; from service.ocr.cache import EngineCache; "
+              f"c = EngineCache(json.loads({json.dumps(json.dumps(ocr_config))})); "
+              "e = c.use('paddle').__enter__(); print(e.pid, flush=True); sys.stdin.read()")
+    worker = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              cwd=str(Path(__file__).resolve().parents[1]), text=True)
+    try:
+        child = int(worker.stdout.readline())
+        assert _running(child)
+        worker.kill()
+        worker.wait(10)
+        deadline = time.monotonic() + 10
+        while _running(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(child)
+    finally:
+        worker.kill()
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie is reaped by init, ours by Popen.wait)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_release_drops_the_paddle_engine(paddle_cache):
+    """Last in this module: the shared engine is dropped and its process exits."""
+    with paddle_cache.use("paddle") as engine:
+        pid = engine.pid
         engine = None
+    releases = paddle_cache.releases
     assert paddle_cache.release_all() == 1
-    assert predictor() is None
-    assert paddle_cache.snapshot() == [] and paddle_cache.releases == 1
+    assert not _running(pid)
+    assert paddle_cache.snapshot() == [] and paddle_cache.releases == releases + 1

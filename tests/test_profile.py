@@ -65,13 +65,12 @@ def test_memory_cap_is_explained():
     assert "8.0 GiB" in cap_reason and "512 MiB per worker" in cap_reason
 
 
-def test_small_and_medium_do_not_read_memory(monkeypatch):
-    def fail():
-        raise AssertionError("memory read for a profile it does not cap")
-
-    monkeypatch.setattr(profile_module, "available_memory_bytes", fail)
-    assert choose_profile({}, cores=1).name == "small"
-    assert choose_profile({}, cores=2).name == "medium"
+def test_small_and_medium_numbers_do_not_depend_on_memory(monkeypatch):
+    # memory is read for them only to say whether OCR engines fit (the OCR reason line)
+    for available in (None, 256 * 1024 * 1024, 64 * GIB):
+        monkeypatch.setattr(profile_module, "available_memory_bytes", lambda a=available: (a, "a test"))
+        assert numbers(choose_profile({}, cores=1)) == ("small", 1, 4, 3)
+        assert numbers(choose_profile({}, cores=2)) == ("medium", 3, 2, 2)
 
 
 def test_detected_cores_are_used_when_not_given(monkeypatch, no_memory_detection):
@@ -94,6 +93,15 @@ def test_every_number_has_a_reason():
     for phrase in ("4 CPU cores", "profile 'large'", "workers = 9", "threads = 2", "max_workers = 2",
                    "18 requests and 18 jobs"):
         assert phrase in text
+
+
+def test_the_ocr_engines_memory_is_stated_with_the_limit_to_set_when_short():
+    from service.profile import OCR_ENGINE_MEMORY_BYTES
+    plenty = choose_profile({}, cores=2, mem_available_bytes=64 * GIB)
+    assert "up to 2 engine process(es)" in plenty.reasons[-1] and "so it fits" in plenty.reasons[-1]
+    # medium: 3 workers x 512 MiB + room for one engine, not two
+    short = choose_profile({}, cores=2, mem_available_bytes=3 * PER_WORKER_MEMORY_BYTES + OCR_ENGINE_MEMORY_BYTES)
+    assert 'KIND_LIMITS=\'{"ocr": {"global": 1}}\'' in short.reasons[-1]
 
 
 # --- ILGUN_PROFILE ------------------------------------------------------------------------------

@@ -37,6 +37,15 @@ class OcrKind(JobKind):
     def global_limit(self) -> int:  # OCR jobs at once across workers: each one is a core's work
         return _cores()
 
+    def local_gate(self, config: Mapping[str, Any]):
+        """Claim OCR jobs only where an engine runs or may start (service/ocr/tokens.py): a
+        worker whose engine is warm takes the next job, and no worker builds a third engine
+        while two sit idle elsewhere until their TTL."""
+        def gate() -> bool:
+            tokens = get_cache(config).tokens
+            return tokens is None or tokens.free_or_held()
+        return gate
+
     def validate(self, params: Mapping[str, Any], config: Mapping[str, Any]) -> dict:
         documents.check_unknown(params, PARAMS)
         engine, lang = documents.engine_choice(params, config)

@@ -2,9 +2,9 @@
 dropped when idle.
 
 Why: a PaddleOCR engine costs ~2 s to build, ~6 s of first-call warm-up and ~1.7 GB at its
-peak, so it is kept between jobs; but a gunicorn worker that has not OCR'd for a while should
-give the memory back, and two PaddleOCR predictors must never run at once in one process
-(engines.PADDLE_LOCK). So:
+peak (in its own process, engines.PaddleEngine), so it is kept between jobs; but a gunicorn
+worker that has not OCR'd for a while should give the memory back, and one engine per worker
+is what the memory of a small host allows. So:
 
 * ``OCR_ENGINE_CACHE_SIZE`` (default 1) heavy engines at most per process, least recently used
   dropped first; at most one PaddleOCR engine whatever the size (different settings wait for the
@@ -12,7 +12,13 @@ give the memory back, and two PaddleOCR predictors must never run at once in one
 * each engine is used by one thread at a time: ``use()`` blocks, checking the caller's
   ``cancelled()`` and ``timeout`` four times a second so a cancelled job stops waiting.
 * an engine unused for ``OCR_ENGINE_IDLE_TTL`` seconds is dropped by a daemon reaper thread
-  (and on the next ``use()``): every reference is let go, then gc.collect() and malloc_trim().
+  (and on the next ``use()``): its process exits, and here every reference is let go, then
+  gc.collect() and malloc_trim().
+* an engine found dead after use (its process was killed, or overran a page's time limit) is
+  dropped at once, so the next use builds a new one.
+* a heavy engine needs one of the host's engine places (tokens.py, OCR_ENGINES_PER_HOST) before it
+  is built and gives it back when dropped; a process waiting for one gets the other workers'
+  idle engines dropped within a second (the reaper watches for that too).
 * light engines (tesseract: a process per page, nothing held here) are built per use, not counted.
 
 Threads do not survive fork: use ``get_cache(config)`` in the worker, never in gunicorn's master.
@@ -32,10 +38,12 @@ from typing import Callable, Iterator, Mapping
 
 from service.ocr import engines
 from service.ocr.errors import EngineBusy, EngineWaitCancelled
+from service.ocr.tokens import EngineTokens
 
 log = logging.getLogger(__name__)
 
 WAIT_SLICE = 0.25  # how often a waiting thread looks at cancelled() and its deadline
+_FROM_CONFIG = object()
 
 
 class _Entry:
@@ -59,16 +67,20 @@ class _Entry:
 
 class EngineCache:
     def __init__(self, config: Mapping, *, size: int | None = None, idle_ttl: float | None = None,
-                 resolver: Callable[..., engines.EngineSpec] = engines.resolve, reaper: bool = True):
+                 resolver: Callable[..., engines.EngineSpec] = engines.resolve, reaper: bool = True,
+                 tokens: EngineTokens | None | object = _FROM_CONFIG):
         self.config = config
         self.size = max(1, int(size if size is not None else config.get("OCR_ENGINE_CACHE_SIZE", 1)))
         self.idle_ttl = float(idle_ttl if idle_ttl is not None else config.get("OCR_ENGINE_IDLE_TTL", 300.0))
         self._resolve = resolver
+        # the host's places for heavy engines (tokens.py), taken before one is built
+        self.tokens = EngineTokens.from_config(config) if tokens is _FROM_CONFIG else tokens
         self._cond = threading.Condition()
         self._entries: OrderedDict[tuple, _Entry] = OrderedDict()  # least recently used first
         # out of the table but not yet freed: still counted, so a new engine never overlaps them
         self._dropping: list[_Entry] = []
-        self._reaper_enabled = reaper and self.idle_ttl > 0
+        # also without a TTL when engine places are shared: it answers workers waiting for one
+        self._reaper_enabled = reaper and (self.idle_ttl > 0 or self.tokens is not None)
         self._reaper: threading.Thread | None = None
         self._stop = threading.Event()
         self.loads = 0       # engines built, for tests and metrics
@@ -94,10 +106,14 @@ class EngineCache:
         try:
             yield entry.engine
         finally:
+            if not getattr(entry.engine, "alive", True):
+                self._discard_dead(entry)
             with self._cond:
                 entry.busy = False
                 entry.uses += 1
                 entry.last_used = time.monotonic()
+                if entry.engine is None and entry.waiters == 0 and self._entries.get(spec.key) is entry:
+                    del self._entries[spec.key]
                 self._cond.notify_all()
 
     def warm(self, name: str, options: Mapping | None = None, **wait) -> float:
@@ -147,6 +163,8 @@ class EngineCache:
                 return entry
         try:
             self._make_room(entry, cancelled, deadline)
+            if self.tokens is not None:
+                self.tokens.take(cancelled, deadline)
             began = time.perf_counter()
             engine = spec.build()
         except BaseException:
@@ -155,6 +173,7 @@ class EngineCache:
                 if entry.waiters == 0 and self._entries.get(spec.key) is entry:
                     del self._entries[spec.key]
                 self._cond.notify_all()
+            self._give_back_token()
             raise
         with self._cond:
             entry.engine, entry.loading = engine, False
@@ -201,7 +220,30 @@ class EngineCache:
             self._dropping.remove(entry)
             self.releases += 1
             self._cond.notify_all()
+        self._give_back_token()
         log.info("OCR engine %s released (%s)", entry.spec.name, why)
+
+    def _give_back_token(self) -> None:
+        """Once no heavy engine is held or being built here, another worker may build one."""
+        if self.tokens is None:
+            return
+        with self._cond:
+            if any(e.held for e in self._entries.values()) or self._dropping:
+                return
+            self.tokens.give_back()
+
+    def _discard_dead(self, entry: _Entry) -> None:
+        """Free a dead engine; ``entry`` is busy (ours) and stays in the table, empty, so a
+        thread waiting for it builds a new engine when it gets it."""
+        engine, entry.engine = entry.engine, None
+        try:
+            engine.close()
+        except Exception:
+            log.exception("closing OCR engine %s failed", entry.spec.name)
+        with self._cond:
+            self.releases += 1
+        log.warning("OCR engine %s dropped: its process is gone", entry.spec.name)
+        self._give_back_token()
 
     def _take(self, pick: Callable[[_Entry, float], bool]) -> list[_Entry]:
         now = time.monotonic()
@@ -239,12 +281,16 @@ class EngineCache:
         """Started when the first engine loads; a daemon: it must never keep a worker alive."""
         if not self._reaper_enabled or (self._reaper and self._reaper.is_alive()):
             return
-        interval = max(0.05, min(self.idle_ttl / 4, 30.0))
+        # every second at most: it also answers other workers waiting for an engine place
+        interval = max(0.05, min(self.idle_ttl / 4, 1.0)) if self.idle_ttl > 0 else 1.0
 
         def loop():
             while not self._stop.wait(interval):
                 try:
                     self.release_expired()
+                    if self.tokens is not None and self.tokens.held and self.tokens.wanted():
+                        for e in self._take(lambda e, now: True):
+                            self._drop(e, "another worker needs the engine place")
                 except Exception:
                     log.exception("OCR engine reaper failed")
         self._reaper = threading.Thread(target=loop, name="ocr-engine-reaper", daemon=True)
@@ -273,3 +319,13 @@ def get_cache(config: Mapping) -> EngineCache:
         if _process_cache is None or _process_pid != os.getpid():
             _process_cache, _process_pid = EngineCache(config), os.getpid()
         return _process_cache
+
+
+def close_process_cache() -> None:
+    """Drop this process's engines (a worker leaving); a no-op if it never made a cache."""
+    global _process_cache
+    with _process_lock:
+        cache = _process_cache if _process_pid == os.getpid() else None
+        _process_cache = None
+    if cache is not None:
+        cache.close()

@@ -1,10 +1,10 @@
 """OCR engines behind one small interface, for job kinds running on executor threads.
 
 An engine turns one page image into lines of text. It is NOT thread-safe: callers get engines
-from ``service.ocr.cache`` which lends each to one thread at a time. PaddleOCR is stricter
-still: two PaddleOCR predictors running at once in one process crash (``RuntimeError:
-std::exception`` in 2 of 5 runs, measured), so every PaddleOCR call in the process, building
-and freeing one included, goes through the module-wide ``PADDLE_LOCK``.
+from ``service.ocr.cache`` which lends each to one thread at a time. PaddleOCR runs in a child
+process of its own (paddle_server.py), one instance each: two PaddleOCR predictors running at
+once in one process crash (``RuntimeError: std::exception`` in 2 of 5 runs, measured), and in
+the worker's own process PaddleOCR's Python side starved the request threads of the GIL.
 
 Boxes are four corners ``[[x, y] × 4]`` in the page image's pixels, clockwise from top-left:
 PaddleOCR's native shape, which keeps slanted lines exact; Tesseract's rectangles are widened
@@ -14,14 +14,10 @@ enough.
 from __future__ import annotations
 
 import ctypes
-import gc
 import io
-import logging
 import os
 import subprocess
-import threading
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -30,11 +26,8 @@ from PIL import Image, ImageDraw, ImageFont
 from service.ocr import available, priority
 from service.errors import ValidationError
 from service.ocr.errors import OcrEngineUnavailable, OcrFailed
+from service.ocr.paddle_process import PaddleProcess
 
-# Serialises every PaddleOCR call in the process (see the module's docstring).
-PADDLE_LOCK = threading.Lock()
-# paddle warns at import that it cannot find ccache, which only matters for compiling extensions
-warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
 
 
 @dataclass(frozen=True)
@@ -141,74 +134,61 @@ class PaddleSettings:
                    det_limit_side_len=max(32, min(side, 4096)), cpu_threads=max(1, min(threads, os.cpu_count() or 1)))
 
 
-def _prepare_paddle_env(config: Mapping) -> None:
-    # Read by PaddleX once, at import. Without the first, start-up probes model hubs (~9 s
-    # offline). PaddleX also writes under ~/.paddlex, which the container's user cannot.
-    os.environ.setdefault("PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK", "True")
-    home = config.get("OCR_PADDLE_HOME") or os.path.join(config.get("ILGUN_DATA") or "./instance", "paddlex")
-    if "PADDLE_PDX_CACHE_HOME" not in os.environ:
-        os.makedirs(home, exist_ok=True)
-        os.environ["PADDLE_PDX_CACHE_HOME"] = os.path.abspath(home)
+def paddle_kwargs(settings: PaddleSettings) -> dict:
+    """``PaddleOCR(**paddle_kwargs(settings))``: offline, from local model folders."""
+    kwargs = dict(
+        text_detection_model_name=settings.det_model_name, text_detection_model_dir=settings.det_model_dir,
+        text_recognition_model_name=settings.rec_model_name, text_recognition_model_dir=settings.rec_model_dir,
+        use_doc_orientation_classify=False, use_doc_unwarping=False,
+        use_textline_orientation=settings.textline_orientation,
+        device="cpu", cpu_threads=settings.cpu_threads,
+        text_det_limit_type="max", text_det_limit_side_len=settings.det_limit_side_len)
+    if settings.textline_orientation:
+        kwargs["textline_orientation_model_dir"] = settings.textline_model_dir
+    return kwargs
 
 
 class PaddleEngine(OcrEngine):
+    """PaddleOCR in its own niced process (paddle_process.py, paddle_server.py say why)."""
     name = "paddle"
 
     def __init__(self, settings: PaddleSettings, config: Mapping | None = None):
+        config = config or {}
         self.settings = settings
-        self._config = config or {}
         self.model = (f"PaddleOCR 3 {settings.det_model_name} + {settings.rec_model_name}"
                       + (" + textline orientation" if settings.textline_orientation else ""))
-        _prepare_paddle_env(config or {})
-        kwargs = dict(
-            text_detection_model_name=settings.det_model_name, text_detection_model_dir=settings.det_model_dir,
-            text_recognition_model_name=settings.rec_model_name, text_recognition_model_dir=settings.rec_model_dir,
-            use_doc_orientation_classify=False, use_doc_unwarping=False,
-            use_textline_orientation=settings.textline_orientation,
-            device="cpu", cpu_threads=settings.cpu_threads,
-            text_det_limit_type="max", text_det_limit_side_len=settings.det_limit_side_len)
-        if settings.textline_orientation:
-            kwargs["textline_orientation_model_dir"] = settings.textline_model_dir
-        began = time.perf_counter()
-        with PADDLE_LOCK:
-            try:
-                from paddleocr import PaddleOCR  # imported here: ~1 s and ~300 MB, only where used
-                # PaddleX logs each model it creates at INFO through its own stdout handler,
-                # outside the service's log format
-                logging.getLogger("paddlex").setLevel(logging.WARNING)
-                # built and called on the process's niced OCR thread (priority.py)
-                self._ocr = priority.run_niced(config, lambda: PaddleOCR(**kwargs))
-            except ImportError as exc:
-                raise OcrEngineUnavailable(f"PaddleOCR cannot be imported ({exc}): {available.PADDLE_INSTALL}") from exc
-            except Exception as exc:  # a broken model folder, an unsupported CPU...
-                raise OcrFailed(f"PaddleOCR failed to start: {type(exc).__name__}: {exc}") from exc
-        self.load_seconds = time.perf_counter() - began
+        self.page_timeout = float(config.get("OCR_PAGE_TIMEOUT", 120.0))
+        kwargs = paddle_kwargs(settings)
+        self._process = PaddleProcess(kwargs, config, nice=priority.nice_value(config),
+                                      sched_idle=priority.sched_idle(config),
+                                      start_timeout=float(config.get("OCR_ENGINE_START_TIMEOUT", 180.0)))
+        self.load_seconds = self._process.load_seconds
+
+    @property
+    def pid(self) -> int:
+        """The engine process's pid."""
+        return self._process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._process.alive
 
     def recognize(self, image: Image.Image) -> list[OcrLine]:
-        import numpy as np
-        # PaddleX reads an ndarray as OpenCV's BGR; Pillow's is RGB
-        array = np.ascontiguousarray(np.asarray(_rgb(image))[:, :, ::-1])
-        with PADDLE_LOCK:
-            if self._ocr is None:
-                raise RuntimeError("PaddleEngine used after close()")
-            try:
-                results = priority.run_niced(self._config, self._ocr.predict, array)
-            except Exception as exc:
-                raise OcrFailed(f"PaddleOCR failed on a page: {type(exc).__name__}: {exc}") from exc
+        img = image if image.mode in ("L", "RGB") else _rgb(image)
+        reply = self._process.call({"op": "recognize", "mode": img.mode, "size": img.size},
+                                   self.page_timeout, "a page", payload=img.tobytes())
+        if not reply["ok"]:
+            raise OcrFailed(f"PaddleOCR failed on a page: {reply['error']}: {reply['message']}")
         lines: list[OcrLine] = []
-        for res in results:
-            for text, score, poly in zip(res["rec_texts"], res["rec_scores"], res["rec_polys"]):
-                text = str(text).strip()
-                if text:
-                    box = tuple((int(x), int(y)) for x, y in poly.tolist()[:4])
-                    lines.append(OcrLine(text, box, max(0.0, min(1.0, float(score)))))
+        for text, score, poly in reply["lines"]:
+            text = str(text).strip()
+            if text:
+                box = tuple((int(x), int(y)) for x, y in poly[:4])
+                lines.append(OcrLine(text, box, max(0.0, min(1.0, float(score)))))
         return lines
 
     def close(self) -> None:
-        with PADDLE_LOCK:
-            self._ocr = None
-            gc.collect()
-        _trim_heap()
+        self._process.close()
 
 
 class TesseractEngine(OcrEngine):
@@ -222,7 +202,7 @@ class TesseractEngine(OcrEngine):
         self.lang = available.check_available("tesseract", lang, config) or "eng"
         self.binary = available.tesseract_binary(config)
         self.psm = int(psm)
-        self.timeout = float(config.get("OCR_TESSERACT_TIMEOUT", 120.0))
+        self.timeout = float(config.get("OCR_PAGE_TIMEOUT", 120.0))
         self._config = config
         self.model = f"Tesseract LSTM, lang {self.lang}"
         # One OpenMP thread: executor slots already use the cores; tesseract's own threads only

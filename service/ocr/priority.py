@@ -2,61 +2,38 @@
 
 Why: OCR jobs run on as many cores as the host has (the kind's global limit), so while they run
 every core is busy, and a status request waited for a time slice: the p99 of GET /api/v1/jobs/<id>
-grew 2.3–3.7× (bench/ocr.py). A niced thread still gets every idle cycle, so OCR throughput is
-the same when nothing else wants the CPU.
+grew several-fold (bench/ocr.py). A niced process still gets every idle cycle, so OCR throughput
+is the same when nothing else wants the CPU.
 
-Linux gives each thread its own nice value, but an unprivileged process may never lower one
-again, so the executor thread that runs a job (and later other kinds' jobs) is left alone: the
-PaddleOCR engine is built and called on one dedicated thread per process, niced once when it
-starts (the engine is lent to one caller at a time anyway). Tesseract runs under ``nice``.
+Both engines run OCR in child processes, which may be niced freely (an unprivileged process may
+never lower a nice value again, so the worker itself is left alone): the PaddleOCR engine
+process lowers its own priority when it starts (paddle_server.py), Tesseract runs under
+``nice`` and ``chrt --idle``. Two means: a nice value (``OCR_NICE``) shrinks OCR's share of a
+busy CPU, and the SCHED_IDLE policy (``OCR_SCHED_IDLE``) makes the kernel switch to a waking
+request thread at once instead of at the end of OCR's time slice.
 """
 from __future__ import annotations
 
-import logging
-import os
 import shutil
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Mapping, TypeVar
+from typing import Mapping
 
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 DEFAULT_NICE = 10
-
-_lock = threading.Lock()
-_executor: ThreadPoolExecutor | None = None
-_executor_pid: int | None = None
 
 
 def nice_value(config: Mapping | None) -> int:
     return max(0, min(19, int((config or {}).get("OCR_NICE", DEFAULT_NICE))))
 
 
-def _lower_priority(nice: int) -> None:
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-    except OSError as exc:  # a sandbox may forbid it: OCR still works, at normal priority
-        log.warning("could not lower the OCR thread's priority: %s", exc)
-
-
-def run_niced(config: Mapping | None, fn: Callable[..., T], *args) -> T:
-    """``fn(*args)`` on this process's OCR thread (niced by OCR_NICE), or right here if 0."""
-    nice = nice_value(config)
-    if nice == 0:
-        return fn(*args)
-    global _executor, _executor_pid
-    with _lock:
-        if _executor is None or _executor_pid != os.getpid():   # threads do not survive a fork
-            _executor = ThreadPoolExecutor(1, thread_name_prefix="ocr-engine", initializer=_lower_priority,
-                                           initargs=(nice,))
-            _executor_pid = os.getpid()
-        executor = _executor
-    return executor.submit(fn, *args).result()
+def sched_idle(config: Mapping | None) -> bool:
+    """OCR processes under Linux's SCHED_IDLE policy (paddle_server.lower_priority says why)."""
+    return bool((config or {}).get("OCR_SCHED_IDLE", True))
 
 
 def nice_command(config: Mapping | None, cmd: list[str]) -> list[str]:
-    """``cmd`` prefixed with ``nice -n N`` (a child process: it may be niced freely)."""
+    """``cmd`` prefixed with ``nice -n N`` and ``chrt --idle 0`` (a child process: it may be
+    niced freely); each only where its tool is installed."""
     nice = nice_value(config)
     binary = shutil.which("nice") if nice else None
+    chrt = shutil.which("chrt") if sched_idle(config) else None
+    cmd = [chrt, "--idle", "0", *cmd] if chrt else cmd
     return [binary, "-n", str(nice), *cmd] if binary else cmd
