@@ -67,6 +67,29 @@ DOWNLOAD_READ_TIMEOUT = 30.0
 DOWNLOAD_MAX_REDIRECTS = 5
 DOWNLOAD_USER_AGENT = "ilgun-downloader/0.1"
 
+# --- the crawl kind (service/crawl/; private addresses: DOWNLOAD_ALLOW_PRIVATE_URLS above) ------
+CRAWL_DEFAULT_MAX_PAGES = 500       # a job's max_pages when it gives none
+CRAWL_MAX_PAGES = 10000             # the most a job may ask for
+CRAWL_DEFAULT_MAX_DEPTH = 5
+CRAWL_MAX_DEPTH = 50
+CRAWL_DEFAULT_CONCURRENCY = 4       # fetches in flight in one crawl (its own small thread pool; the
+CRAWL_MAX_CONCURRENCY = 16          # crawl itself holds one executor slot)
+CRAWL_DEFAULT_DELAY = 0.25          # seconds between request starts to one host, when a job gives none
+CRAWL_MIN_DELAY = 0.0               # a floor under every job's delay (be polite by policy)
+CRAWL_MAX_CRAWL_DELAY = 30.0        # robots.txt Crawl-delay is obeyed up to this many seconds
+CRAWL_CONNECT_TIMEOUT = 10.0
+CRAWL_READ_TIMEOUT = 20.0
+CRAWL_MAX_PAGE_BYTES = 5 * 1024 * 1024   # a larger page is recorded as PAGE_TOO_LARGE, not parsed
+CRAWL_MAX_REDIRECTS = 5
+CRAWL_RETRIES = 2                   # extra attempts of a page after a 5xx/408/429, timeout or network error
+CRAWL_RETRY_BACKOFF = 0.5           # seconds before the first retry, doubling
+CRAWL_USER_AGENT = "ilgun-crawler/0.1"   # robots.txt groups match its first word ("ilgun-crawler")
+CRAWL_MAX_URL_LENGTH = 1024         # crawl-trap bounds: longer URLs are not followed,
+CRAWL_MAX_QUERY_VARIANTS = 50       # nor more than this many query strings per path,
+CRAWL_MAX_SEGMENT_REPEATS = 3       # nor paths repeating a segment more often (/a/b/a/b/a/b)
+CRAWL_MAX_START_URLS = 20
+CRAWL_MAX_KNOWN_URLS = 200000       # URLs remembered per crawl (bounds memory on link-heavy sites)
+
 LOG_LEVEL = "INFO"
 LOG_FORMAT = "json"                # json: one object per line (ts, level, logger, message, request_id,
                                    # user_id, job_id, pid, exc); text: for a terminal

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from service.engine.kind import JobKind
 from service.errors import NotFound
+from service.kinds.crawl import CrawlKind
 from service.kinds.download import DownloadKind
 from service.kinds.ocr import OcrKind
 from service.kinds.report import ReportKind
 from service.kinds.sleep import SleepKind
 
-KINDS: dict[str, JobKind] = {k.name: k for k in (SleepKind(), DownloadKind(), OcrKind(), ReportKind())}
+KINDS: dict[str, JobKind] = {k.name: k for k in (SleepKind(), DownloadKind(), OcrKind(), ReportKind(), CrawlKind())}
 
 
 def get_kind(name: str) -> JobKind:

@@ -297,8 +297,10 @@ class Fetched:
 
 def fetch(session: requests.Session, url: str, guard: UrlGuard, *, max_redirects: int = 5,
           timeout: tuple[float, float] = (10.0, 30.0), headers: dict | None = None,
-          stream: bool = True) -> Fetched:
-    """GET ``url``, following redirects ourselves so every hop passes ``guard.check_url``.
+          stream: bool = True, check_hop: Callable[[str], None] | None = None) -> Fetched:
+    """GET ``url``, following redirects ourselves so every hop passes ``guard.check_url``
+    (and ``check_hop``, which may raise UrlNotAllowed for a caller's own rules: a crawl's
+    scope and robots.txt).
     Addresses are checked when each connection is made by the guarded session. The caller
     closes the returned response. Raises UrlNotAllowed (codes URL_*, TOO_MANY_REDIRECTS) and
     requests' own exceptions for network failures."""
@@ -322,3 +324,5 @@ def fetch(session: requests.Session, url: str, guard: UrlGuard, *, max_redirects
                            url=url, redirects=redirects)
         # Quoted the way requests would quote it, so check_url judges what is really requested.
         current = requote_uri(urljoin(response.url, location))
+        if check_hop is not None:
+            check_hop(current)

@@ -138,8 +138,9 @@ def _job_paths(config: Mapping[str, Any]) -> dict:
                 "401": _std()["401"],
                 "403": err(403, ["KIND_NOT_ALLOWED"], "This kind is for admins only."),
                 "404": err(404, ["UNKNOWN_KIND"], "No such kind (`details.kinds` lists them)."),
-                "409": err(409, ["CONCURRENCY_LIMIT"], "The kind allows no more running jobs for you and refuses "
-                                                       "rather than queues."),
+                "409": err(409, ["CONCURRENCY_LIMIT", "CRAWL_ALREADY_RUNNING"],
+                           "The kind allows no more running jobs for you and refuses rather than queues "
+                           "(`crawl`: one at a time per user, `CRAWL_ALREADY_RUNNING`)."),
                 "413": err(413, ["PAYLOAD_TOO_LARGE"], "The body is larger than MAX_CONTENT_LENGTH."),
                 "429": err(429, ["RATE_LIMITED", "QUEUE_FULL"],
                            "Too many requests, or too many of your jobs are queued "

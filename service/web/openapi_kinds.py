@@ -46,3 +46,47 @@ def document_kind_params(max_pages: int = 500) -> dict[str, dict]:
        "`summary`, `fields`, `text`, `warnings`, and `sheets`, `pages` or `image`); files `report.json`, "
        "`report.html`, `report.xlsx`.")
     return {"ocr": ocr, "report": report}
+
+
+def crawl_kind_params(url_pattern: str, config_max_pages: int = 10000) -> dict:
+    url = {"type": "string", "minLength": 1, "maxLength": 2048, "pattern": url_pattern,
+           "description": "An http(s) start URL, checked like `download`'s url (private addresses refused "
+                          "unless ILGUN_ALLOW_PRIVATE_URLS)."}
+    patterns = {"type": "array", "maxItems": 20, "items": {"type": "string", "minLength": 1, "maxLength": 500}}
+    selector = {"type": "string", "minLength": 1, "maxLength": 500,
+                "description": "A CSS selector (BeautifulSoup/soupsieve); `sel@attr` reads an attribute instead "
+                               "of the text."}
+    return {
+        "type": "object", "additionalProperties": False,
+        "oneOf": [{"required": ["url"]}, {"required": ["urls"]}],
+        "description": "Params of `crawl`: give `url` or `urls`. One crawl per user at a time: another while one "
+                       "is queued or running answers 409 `CRAWL_ALREADY_RUNNING`. Result: `pages`, `ok`, "
+                       "`errors`, `retries`, `skipped` (robots, offsite, excluded, not_included, trap, max_depth, "
+                       "max_pages, not_html), `status_counts`, `bytes`, `duration_seconds`, `pages_per_second`, "
+                       "`partial` (true when cancelled: the pages so far are kept); files `pages.jsonl` and "
+                       "`pages.csv`. Unknown keys are refused (400 `VALIDATION_ERROR`).",
+        "properties": {
+            "url": url, "urls": {"type": "array", "minItems": 1, "maxItems": 20, "items": url},
+            "max_pages": {"type": "integer", "minimum": 1, "maximum": config_max_pages,
+                          "description": "Pages fetched at most (default CRAWL_DEFAULT_MAX_PAGES, 500)."},
+            "max_depth": {"type": "integer", "minimum": 0,
+                          "description": "Links followed from a start URL at most (default 5; 0: start pages only)."},
+            "allowed_domains": {"type": "array", "maxItems": 50, "items": {"type": "string"},
+                                "description": "Follow links to these domains and their subdomains (default: the "
+                                               "start URLs' hosts, any port)."},
+            "include": {**patterns, "description": "RE2 regular expressions: a link is followed only if one matches."},
+            "exclude": {**patterns, "description": "RE2 regular expressions: a link that matches one is not followed."},
+            "extract": {"type": "object", "maxProperties": 30,
+                        "additionalProperties": {"anyOf": [selector, {
+                            "type": "object", "additionalProperties": False, "required": ["selector"],
+                            "properties": {"selector": selector, "all": {"type": "boolean", "default": False}}}]},
+                        "description": "name: selector, applied to every page: the first match (or null), or a "
+                                       "list of every match with `all`."},
+            "respect_robots": {"type": "boolean", "default": True},
+            "delay": {"type": "number", "minimum": 0, "maximum": 60,
+                      "description": "Seconds between request starts to one host (default CRAWL_DEFAULT_DELAY, 0.25; "
+                                     "robots.txt Crawl-delay raises it)."},
+            "concurrency": {"type": "integer", "minimum": 1,
+                            "description": "Fetches in flight in this crawl (default 4, at most CRAWL_MAX_CONCURRENCY)."},
+        },
+    }

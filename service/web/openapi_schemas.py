@@ -148,8 +148,8 @@ def _kind_params() -> dict[str, dict]:
         "log_steps": {"type": "boolean", "default": False, "description": "Log a line per step (job log)."},
     }, description="Params of `sleep` (admins only unless SLEEP_KIND_FOR_EVERYONE). Unknown keys are refused "
                    "(400 `VALIDATION_ERROR`).")
-    from service.web.openapi_kinds import document_kind_params
-    return {"download": download, "sleep": sleep, **document_kind_params()}
+    from service.web.openapi_kinds import crawl_kind_params, document_kind_params
+    return {"download": download, "sleep": sleep, **document_kind_params(), "crawl": crawl_kind_params(HTTP_URL)}
 
 
 KIND_PARAMS = _kind_params()
@@ -161,7 +161,7 @@ JOB_ERROR_DESCRIPTION = (
     "`TIMEOUT`, `NETWORK_ERROR`; sleep `SLEEP_FAILED`, `SLEEP_TRANSIENT`; ocr and report `FILE_NOT_FOUND`, "
     "`UNSUPPORTED_FILE_TYPE`, `IMAGE_TOO_LARGE`, `IMAGE_INVALID`, `PDF_ENCRYPTED`, "
     "`PDF_INVALID`, `TOO_MANY_PAGES`, `OCR_FAILED`, `OCR_ENGINE_BUSY`; report `FILE_TOO_LARGE`, `XLSX_TOO_LARGE`, "
-    "`XLSX_INVALID`, `PDF_TOO_MANY_PAGES`.")
+    "`XLSX_INVALID`, `PDF_TOO_MANY_PAGES`; crawl `TIMEOUT` (its pages so far are kept, result `partial`).")
 JOB_EXAMPLE = {
     "id": "0b6f7c1e-3d4a-4f2e-9c5b-8a1d2e3f4a5b", "kind": "download", "owner_id": 2, "status": "queued",
     "progress": 0.0, "message": None, "position": 1, "eta_seconds": 30.0, "attempt": 0, "max_attempts": 3,

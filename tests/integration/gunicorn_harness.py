@@ -32,7 +32,7 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 # Environment variables that would change what the server under test does; the tests set
 # what they need and nothing else leaks in from the developer's shell.
-_SCRUBBED_PREFIXES = ("ILGUN_", "GUNICORN_", "RATELIMIT_", "DOWNLOAD_")
+_SCRUBBED_PREFIXES = ("ILGUN_", "GUNICORN_", "RATELIMIT_", "DOWNLOAD_", "CRAWL_")
 _SCRUBBED = {
     "DATABASE_URL", "FILES_ROOT", "SECRET_KEY", "JWT_SECRET_KEY", "WEB_CONCURRENCY", "THREADS",
     "MAX_WORKERS", "HOST", "PORT", "GRACEFUL_TIMEOUT", "TIMEOUT", "MAX_REQUESTS",
