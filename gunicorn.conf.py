@@ -15,7 +15,8 @@ Worker and thread counts come from ``service.profile.choose_profile`` (run
 
 Every gunicorn worker runs the app and its own job engine: ``post_worker_init`` starts the
 engine and ``worker_exit`` stops it, so ``preload_app`` stays off — threads and database
-connections must be created in the worker, never inherited across fork.
+connections must be created in the worker, never inherited across fork. The one thing loaded
+in the master is the CEFR model (``on_starting``, no inference: see ``_preload_cefr``).
 
 ``on_starting`` points PROMETHEUS_MULTIPROC_DIR at a fresh folder before any worker exists, so
 /metrics adds up every worker's counts; ``child_exit`` archives an exited worker's metric files.
@@ -90,6 +91,30 @@ def when_ready(server):
 
 def on_starting(server):
     _prepare_metrics_dir(server.log)
+    _preload_cefr(server.log)
+
+
+def _preload_cefr(log):
+    """Load the CEFR model here in the master, once, so the forked workers share its ~300 MB
+    (copy-on-write; gc.freeze keeps the collector from touching, and so copying, those pages).
+    No inference here: an OpenMP pool started before fork hangs the children (the workers warm
+    it up after fork, service/runtime.py). Off with CEFR_PRELOAD=0; a missing model is logged."""
+    from config import load_config
+    config = load_config()
+    if not config.get("CEFR_PRELOAD"):
+        return
+    import gc
+    import time
+    started = time.monotonic()
+    try:
+        from service.cefr.classifier import preload
+        model = preload(config)
+    except Exception:  # noqa: BLE001 - the service runs without it; cefr jobs load it themselves
+        log.exception("CEFR model preload failed; each worker will load it on first use")
+        return
+    gc.freeze()
+    if model is not None:
+        log.info("CEFR model preloaded from %s in %.1fs", model.path, time.monotonic() - started)
 
 
 def _prepare_metrics_dir(log):

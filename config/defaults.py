@@ -90,6 +90,21 @@ CRAWL_MAX_SEGMENT_REPEATS = 3       # nor paths repeating a segment more often (
 CRAWL_MAX_START_URLS = 20
 CRAWL_MAX_KNOWN_URLS = 200000       # URLs remembered per crawl (bounds memory on link-heavy sites)
 
+# --- the cefr kind and POST /api/v1/cefr (service/cefr/) --------------------------------------
+CEFR_MODEL = ""                  # a local sequence-classification model folder with labels A1..C2;
+                                 # empty: the default model, assembled by `make setup` into the venv
+CEFR_PRELOAD = True              # load it in the gunicorn master (no inference there), so the workers
+                                 # share its memory; each worker warms it up after fork
+CEFR_TORCH_THREADS = 1           # torch threads per process: two executor threads already run two
+                                 # texts at once (torch releases the GIL); more threads raised latency
+CEFR_BATCH_SIZE = 32             # sentences per forward pass
+CEFR_MAX_LENGTH = 128            # tokens per sentence (the model's training length; longer is truncated)
+CEFR_MAX_TEXT_CHARS = 200000     # a cefr job's text
+CEFR_SYNC_MAX_CHARS = 5000       # POST /api/v1/cefr's text (longer: submit a job)
+CEFR_SYNC_TIMEOUT = 10.0         # seconds POST /api/v1/cefr waits for its executor slot's answer
+CEFR_CACHE_SIZE = 2048           # results kept per process, by text (LRU)
+CEFR_CACHE_TTL = 3600.0          # seconds a cached result lives
+
 LOG_LEVEL = "INFO"
 LOG_FORMAT = "json"                # json: one object per line (ts, level, logger, message, request_id,
                                    # user_id, job_id, pid, exc); text: for a terminal

@@ -25,7 +25,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from service.extensions import db, jwt, limiter, migrate
     from service.jobs_service import JobService
     from service.store.database import db_pool_size, make_engine
-    from service.web import auth, errors, files, jobs, request_ids, security, system
+    from service.web import auth, cefr, errors, files, jobs, request_ids, security, system
     from service.web import openapi as openapi_docs
     from service.web import metrics as web_metrics
     from service.web.json_provider import OrjsonProvider
@@ -48,6 +48,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(cefr.bp)
     app.register_blueprint(files.bp)
     app.register_blueprint(system.bp)
     app.register_blueprint(openapi_docs.bp)

@@ -49,6 +49,11 @@ class ServiceBusy(IlgunError):
     message = "The service queue is full; try again later."
 
 
+class ModelUnavailable(IlgunError):
+    code = "CEFR_MODEL_MISSING"
+    message = "The CEFR model is not installed."
+
+
 class AuthFailed(IlgunError):
     code = "AUTH_FAILED"
     message = "Invalid username or password."

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from service.engine import events
 from service.engine.dispatcher import policy_for
 from service.engine.status import FINAL, JobStatus
-from service.errors import Forbidden, NotFound
+from service.errors import Forbidden, NotFound, ServiceBusy
 from service.files_service import FileService
 from service.kinds import KINDS, get_kind
 from service.store.folder_lock import AdvisoryFolderLock
@@ -89,6 +89,32 @@ class JobService:
         if created and dispatcher is not None and job["status"] == "queued":
             dispatcher.wake()  # start now if this worker has a free slot
         return self.view(job), created
+
+    def grade_now(self, viewer, params: Mapping[str, Any] | None) -> dict:
+        """POST /api/v1/cefr: a short text graded now, in one of this worker's executor slots
+        (never on the request thread), or from the cache. Longer texts are jobs."""
+        from concurrent.futures import TimeoutError as FutureTimeout
+
+        from service.cefr import classifier
+        from service.engine.dispatcher import NoFreeSlot
+        from service.kinds.cefr import check_text
+        limit = int(self.config["CEFR_SYNC_MAX_CHARS"])
+        text = check_text(dict(params or {}), limit)
+        classifier.check_model(self.config)
+        hit = classifier.cached_grade(self.config, text)
+        if hit is not None:
+            return hit
+        if self.dispatcher is None:
+            raise ServiceBusy("This process runs no job executor; submit a cefr job instead.", code="NO_EXECUTOR")
+        timeout = float(self.config["CEFR_SYNC_TIMEOUT"])
+        try:
+            return self.dispatcher.run_now(lambda: classifier.grade(self.config, text), timeout)
+        except NoFreeSlot:
+            raise ServiceBusy("Every executor slot here is busy; retry, or submit a cefr job.", code="EXECUTOR_BUSY",
+                              retry_after=1) from None
+        except FutureTimeout:
+            raise ServiceBusy(f"Grading took longer than {timeout:g}s; submit a cefr job instead.",
+                              code="CEFR_TIMEOUT", retry_after=1) from None
 
     def cancel(self, viewer, job_id: str) -> dict:
         job = self.jobs.request_cancel(job_id, _scope(viewer))

@@ -25,6 +25,9 @@ def start_worker_runtime(app, label: str = "worker") -> Dispatcher:
     if app.config.get("OCR_PRELOAD"):  # load and warm the OCR engine now, not on the first job
         from service.ocr import get_cache
         get_cache(app.config).preload(app.config["OCR_ENGINE"])
+    # the CEFR model preloaded in the gunicorn master: its first inference, here after the fork
+    from service.cefr.classifier import warm_up
+    warm_up(app.config)
     return dispatcher
 
 

@@ -363,3 +363,20 @@ def test_limits_answers_match_the_document(app_factory, migrated_db):
     limited = client.post("/api/v1/auth/login", json={"username": "admin", "password": "wrong password"})
     assert conform(limited, "post", "/api/v1/auth/login", 429)["error_code"] == "RATE_LIMITED"
     assert limited.headers["Retry-After"]
+
+
+def test_cefr_answers_match_the_document(app, conform, alice, dispatcher):
+    conform(alice.post("/api/v1/cefr", {"text": "I like green apples."}), "post", "/api/v1/cefr", 200)
+    conform(alice.post("/api/v1/cefr", {"text": "I like green apples."}), "post", "/api/v1/cefr", 200)  # cached
+    conform(alice.post("/api/v1/cefr", {"text": ""}), "post", "/api/v1/cefr", 400)
+    conform(alice.client.post("/api/v1/cefr", json={"text": "Hi."}), "post", "/api/v1/cefr", 401)
+    for _ in range(dispatcher.slots):
+        dispatcher.reserve_slot()
+    try:
+        conform(alice.post("/api/v1/cefr", {"text": "All slots are taken."}), "post", "/api/v1/cefr", 503)
+    finally:
+        for _ in range(dispatcher.slots):
+            dispatcher.release_slot()
+    job = alice.submit("cefr", {"text": "The weather is nice. We walk in the park."}).get_json()["data"]
+    done = alice.wait(job["id"], timeout=60)
+    assert done["status"] == "succeeded"

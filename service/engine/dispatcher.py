@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from service import log_context
 from service.engine.context import RunContext
@@ -40,6 +40,10 @@ def policy_for(kind: JobKind, config: Mapping[str, Any]) -> KindPolicy:
     per_user, global_limit = kind.limits_for(config)
     return KindPolicy(kind.name, per_user, kind.over_limit_for(config), global_limit, kind.max_attempts,
                       kind.timeout_for(config), kind.over_limit_error)
+
+
+class NoFreeSlot(Exception):
+    """Every executor slot of this worker is busy (Dispatcher.run_now)."""
 
 
 class Dispatcher(MonitorMixin, OutcomeMixin):
@@ -133,6 +137,22 @@ class Dispatcher(MonitorMixin, OutcomeMixin):
 
     def start_reserved(self, job: dict) -> None:
         self._start(job, reserved=True)
+
+    def run_now(self, fn: Callable[[], Any], timeout: float) -> Any:
+        """Run ``fn`` in a free executor slot of this worker and wait up to ``timeout`` for its
+        answer: quick synchronous work (POST /api/v1/cefr) that must not run on a request thread.
+        The slot is held as reserved while ``fn`` runs, so claims and direct starts leave it
+        alone. Raises NoFreeSlot, or concurrent.futures.TimeoutError (``fn`` then finishes on
+        its own and gives the slot back)."""
+        if not self.reserve_slot():
+            raise NoFreeSlot()
+        try:
+            future = self._executor.submit(fn)
+        except BaseException:
+            self.release_slot()
+            raise
+        future.add_done_callback(lambda _f: self.release_slot())
+        return future.result(timeout)
 
     @property
     def start_for(self) -> tuple:

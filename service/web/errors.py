@@ -24,6 +24,7 @@ STATUS_BY_ERROR: list[tuple[type[e.IlgunError], int]] = [
     (e.ConcurrencyLimit, 409),
     (e.QueueFull, 429),
     (e.ServiceBusy, 503),
+    (e.ModelUnavailable, 503),
     (e.IlgunError, 400),
 ]
 

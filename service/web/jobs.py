@@ -19,13 +19,13 @@ def _svc():
     return current_app.extensions["ilgun"]
 
 
-def _submit_limit() -> str:
+def submit_limit() -> str:
     return current_app.config["RATELIMIT_SUBMIT"]
 
 
 @bp.post("/jobs")
 @jwt_required()
-@limiter.limit(_submit_limit)
+@limiter.limit(submit_limit)
 def submit():
     """JSON ``{"kind", "params"}``, or multipart with parts ``kind``, ``params`` (JSON text) and
     ``file``: the upload is stored and the job gets its ``file_id`` in one step."""

@@ -248,11 +248,18 @@ def _components(config: Mapping[str, Any], more_schemas: dict) -> dict:
     return out
 
 
+def _cefr_schemas(config: Mapping[str, Any]) -> dict:
+    from service.web.openapi_kinds import cefr_schemas
+    return cefr_schemas(int(config["CEFR_SYNC_MAX_CHARS"]))
+
+
 def build_document(config: Mapping[str, Any]) -> dict:
     """The whole document for an app with this config."""
     from service.web import openapi_files
 
-    paths = {**_auth_paths(config), **_job_paths(config), **openapi_files.file_paths(config), **_system_paths()}
+    from service.web.openapi_kinds import cefr_paths
+    paths = {**_auth_paths(config), **_job_paths(config),
+             **cefr_paths(ok, err, ref, _op, _std, BODY_CODES), **openapi_files.file_paths(config), **_system_paths()}
     openapi_files.add_upload_submit(paths)
     codes = sorted({c for item in paths.values() for op in item.values() if isinstance(op, dict)
                     for r in op.get("responses", {}).values() for c in r.get("x-error-codes", ())})
@@ -271,5 +278,5 @@ def build_document(config: Mapping[str, Any]) -> dict:
                  {"name": "docs", "description": "This document"}],
         "security": [{"bearerAuth": []}],
         "paths": paths,
-        "components": _components(config, openapi_files.schemas()),
+        "components": _components(config, {**openapi_files.schemas(), **_cefr_schemas(config)}),
     }

@@ -90,3 +90,54 @@ def crawl_kind_params(url_pattern: str, config_max_pages: int = 10000) -> dict:
                             "description": "Fetches in flight in this crawl (default 4, at most CRAWL_MAX_CONCURRENCY)."},
         },
     }
+
+
+_LEVELS = ["A1", "A2", "B1", "B2", "C1", "C2"]
+
+
+def cefr_kind_params(max_chars: int) -> dict:
+    return {"type": "object", "additionalProperties": False, "required": ["text"],
+            "properties": {"text": {"type": "string", "minLength": 1, "maxLength": max_chars,
+                                    "description": "English text, any length up to CEFR_MAX_TEXT_CHARS."}},
+            "description": "Params of `cefr`. Result: CefrResult (files: `cefr.json` when the text has more than 200 "
+                           "sentences). A missing model answers 503 `CEFR_MODEL_MISSING` at submit. Unknown keys are "
+                           "refused (400 `VALIDATION_ERROR`)."}
+
+
+def cefr_schemas(sync_max_chars: int) -> dict:
+    scores = {"type": "object", "required": _LEVELS, "additionalProperties": False,
+              "properties": {lv: {"type": "number", "minimum": 0, "maximum": 1} for lv in _LEVELS}}
+    return {
+        "CefrText": {"type": "object", "required": ["text"], "additionalProperties": False,
+                     "properties": {"text": {"type": "string", "minLength": 1, "maxLength": sync_max_chars}}},
+        "CefrResult": {
+            "type": "object", "additionalProperties": True,
+            "required": ["level", "scores", "method", "sentence_count", "sentences", "model", "cached"],
+            "properties": {
+                "level": {"type": "string", "enum": _LEVELS}, "scores": scores,
+                "expected_level": {"type": "number", "nullable": True, "description": "1.0 = A1 … 6.0 = C2."},
+                "method": {"type": "string", "description": "How the sentences' grades make the text's."},
+                "sentence_count": {"type": "integer"}, "words": {"type": "integer"},
+                "truncated": {"type": "boolean"},
+                "sentences": {"type": "array", "items": {"type": "object", "properties": {
+                    "text": {"type": "string"}, "level": {"type": "string", "enum": _LEVELS}, "scores": scores}}},
+                "model": {"type": "object", "additionalProperties": True,
+                          "description": "The model's folder, name and dev figures (`dev`: exact_accuracy, "
+                                         "within_one_accuracy, macro_f1)."},
+                "cached": {"type": "boolean", "description": "Answered from this worker's cache of graded texts."},
+            }},
+    }
+
+
+def cefr_paths(ok, err, ref, op, std, body_codes) -> dict:
+    return {"/api/v1/cefr": {"post": op("jobs", "Grade a short text by CEFR level now", {
+        "200": ok("The grade (the `cefr` kind's result).", ref("CefrResult")),
+        "400": err(400, ["VALIDATION_ERROR", *body_codes], "No text, or longer than CEFR_SYNC_MAX_CHARS "
+                   "(submit a `cefr` job for long texts)."),
+        **std(),
+        "503": err(503, ["CEFR_MODEL_MISSING", "EXECUTOR_BUSY", "CEFR_TIMEOUT", "NO_EXECUTOR"],
+                   "No model installed, every executor slot of the worker busy, or no answer within "
+                   "CEFR_SYNC_TIMEOUT: retry or submit a `cefr` job."),
+    }, op_id="gradeCefr", description="Runs in one of the answering worker's executor slots, never on the request "
+                                      "thread; identical texts are answered from that worker's cache.",
+        body={"required": True, "content": {"application/json": {"schema": ref("CefrText")}}})}}

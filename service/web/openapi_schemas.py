@@ -148,8 +148,9 @@ def _kind_params() -> dict[str, dict]:
         "log_steps": {"type": "boolean", "default": False, "description": "Log a line per step (job log)."},
     }, description="Params of `sleep` (admins only unless SLEEP_KIND_FOR_EVERYONE). Unknown keys are refused "
                    "(400 `VALIDATION_ERROR`).")
-    from service.web.openapi_kinds import crawl_kind_params, document_kind_params
-    return {"download": download, "sleep": sleep, **document_kind_params(), "crawl": crawl_kind_params(HTTP_URL)}
+    from service.web.openapi_kinds import cefr_kind_params, crawl_kind_params, document_kind_params
+    return {"download": download, "sleep": sleep, **document_kind_params(), "crawl": crawl_kind_params(HTTP_URL),
+            "cefr": cefr_kind_params(200_000)}
 
 
 KIND_PARAMS = _kind_params()

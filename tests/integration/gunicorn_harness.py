@@ -32,7 +32,7 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 # Environment variables that would change what the server under test does; the tests set
 # what they need and nothing else leaks in from the developer's shell.
-_SCRUBBED_PREFIXES = ("ILGUN_", "GUNICORN_", "RATELIMIT_", "DOWNLOAD_", "CRAWL_")
+_SCRUBBED_PREFIXES = ("ILGUN_", "GUNICORN_", "RATELIMIT_", "DOWNLOAD_", "CRAWL_", "CEFR_")
 _SCRUBBED = {
     "DATABASE_URL", "FILES_ROOT", "SECRET_KEY", "JWT_SECRET_KEY", "WEB_CONCURRENCY", "THREADS",
     "MAX_WORKERS", "HOST", "PORT", "GRACEFUL_TIMEOUT", "TIMEOUT", "MAX_REQUESTS",
@@ -55,6 +55,9 @@ BASE_SETTINGS = {
     "ILGUN_ALLOW_PRIVATE_URLS": "1",    # the slow file server is on loopback
     "KIND_LIMITS": json.dumps({"download": {"per_user": 100}}),
     "LOG_LEVEL": "INFO",
+    # loading the CEFR model in the master costs each server start ~3 s; the tests that need it
+    # (test_gunicorn_cefr.py) turn it on
+    "CEFR_PRELOAD": "0",
     # gunicorn 27 otherwise opens a control socket at a fixed path shared by every instance.
     "GUNICORN_CMD_ARGS": "--no-control-socket",
 }
