@@ -134,3 +134,21 @@ def test_cefr_job_result_and_file_for_long_texts(app, alice, dispatcher):
     done = alice.wait(long_job["id"], timeout=120)
     assert done["status"] == "succeeded" and done["result"]["sentences_in_result"] is False
     assert {f["name"] for f in done["files"]} == {"cefr.json"}
+
+
+def test_sync_endpoint_times_out_and_gives_the_slot_back(app_factory, monkeypatch):
+    import time
+
+    from service.runtime import start_worker_runtime
+    from tests.conftest import sign_up
+    app = app_factory(CEFR_SYNC_TIMEOUT=0.2)
+    user = sign_up(app, app.test_client(), "dave")
+    dispatcher = start_worker_runtime(app)
+    monkeypatch.setattr(classifier, "grade", lambda *a, **kw: time.sleep(1.0) or {})
+    started = time.monotonic()
+    assert_error(user.post("/api/v1/cefr", {"text": "A slow one."}), 503, "CEFR_TIMEOUT")
+    assert time.monotonic() - started < 0.9  # answered at the timeout, not when grading ended
+    deadline = time.monotonic() + 5
+    while dispatcher._free_slots() != dispatcher.slots and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert dispatcher._free_slots() == dispatcher.slots  # the slot came back when the work ended
