@@ -16,6 +16,14 @@ def ok(data: Any = None, message: str = "OK", status: int = 200, headers=None):
     return resp
 
 
+def conditional(resp):
+    """An ETag from the body, and 304 Not Modified when the client's If-None-Match has it: a
+    page polling a job's progress downloads nothing until something changed."""
+    resp.add_etag()
+    resp.headers["Cache-Control"] = "private, no-cache"
+    return resp.make_conditional(request)
+
+
 def _depth(value, limit: int, level: int = 1) -> int:
     if level > limit:
         return level

@@ -8,7 +8,7 @@ from service.engine.status import JobStatus
 from service.errors import ValidationError
 from service.extensions import limiter
 from service.web.files import save_upload, uploaded_file
-from service.web.http import attachment, int_arg, json_body, ok, paginated
+from service.web.http import attachment, conditional, int_arg, json_body, ok, paginated
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1")
 
@@ -60,7 +60,13 @@ def _submit_with_upload(key: str | None):
         raise ValidationError("The params part is not valid JSON.", code="INVALID_JSON",
                               details={"field": "params"}) from None
     kind, params = _kind_and_params(request.form.get("kind"), params)
-    saved = save_upload(uploaded_file())
+    return submit_with_upload(kind, params, uploaded_file(), key)
+
+
+def submit_with_upload(kind: str, params: dict, part, key: str | None = None):
+    """Store the upload ``part`` and submit a job reading it (its ``file_id``); a refused job keeps
+    no file. Shared with the submit page."""
+    saved = save_upload(part)
     try:
         job, created = _svc().submit(current_user, kind, {**params, "file_id": saved["id"]}, idempotency_key=key)
     except BaseException:
@@ -81,13 +87,13 @@ def list_jobs():
     page = int_arg("page", 1, 1, 1_000_000)
     page_size = int_arg("page_size", 20, 1, current_app.config["MAX_PAGE_SIZE"])
     items, total = _svc().list(current_user, status=status, kind=kind, page=page, page_size=page_size)
-    return ok(paginated(items, total, page, page_size))
+    return conditional(ok(paginated(items, total, page, page_size)))
 
 
 @bp.get("/jobs/<job_id>")
 @jwt_required()
 def get_job(job_id):
-    return ok(_svc().get(current_user, job_id))
+    return conditional(ok(_svc().get(current_user, job_id)))
 
 
 @bp.post("/jobs/<job_id>/cancel")
