@@ -12,6 +12,10 @@ JWT_SECRET_KEY = ""
 JWT_ACCESS_TOKEN_EXPIRES = 900             # seconds (15 min)
 JWT_REFRESH_TOKEN_EXPIRES = 30 * 24 * 3600  # seconds (30 days)
 
+# Cookies of the pages' sign-in (JWTs) and session: Secure (sent over HTTPS only). Set true
+# wherever the service is reached over HTTPS (behind a TLS proxy); false serves plain http://127.0.0.1.
+COOKIE_SECURE = False
+
 # --- accounts ------------------------------------------------------------------------------
 ALLOW_REGISTRATION = True
 ILGUN_ADMIN_USERNAME = "admin"

@@ -21,7 +21,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     log_context.configure(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # import-time chatter
 
-    from service import cli
+    from service import cli, pages
     from service.extensions import db, jwt, limiter, migrate
     from service.jobs_service import JobService
     from service.store.database import db_pool_size, make_engine
@@ -52,6 +52,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(files.bp)
     app.register_blueprint(system.bp)
     app.register_blueprint(openapi_docs.bp)
+    pages.init_app(app)  # the server-rendered pages (cookie sign-in, my jobs, admin)
     web_metrics.init_app(app)  # /metrics and the request timer, unless METRICS_ENABLED is off
     cli.init_app(app)
 
@@ -73,7 +74,6 @@ def _apply_settings(app: Flask, settings: dict[str, Any]) -> None:
         SQLALCHEMY_DATABASE_URI=settings["DATABASE_URL"],
         JWT_ACCESS_TOKEN_EXPIRES=timedelta(seconds=settings["JWT_ACCESS_TOKEN_EXPIRES"]),
         JWT_REFRESH_TOKEN_EXPIRES=timedelta(seconds=settings["JWT_REFRESH_TOKEN_EXPIRES"]),
-        JWT_TOKEN_LOCATION=["headers"],
         RATELIMIT_STRATEGY="fixed-window",
         RATELIMIT_HEADERS_ENABLED=True,
         RATELIMIT_KEY_PREFIX="ilgun",

@@ -16,6 +16,7 @@ from service.engine.status import FINAL, JobStatus
 from service.errors import Forbidden, NotFound, ServiceBusy
 from service.files_service import FileService
 from service.kinds import KINDS, get_kind
+from service.store.dashboard import FINAL_STATUSES, DashboardStore
 from service.store.folder_lock import AdvisoryFolderLock
 from service.store.job_logs import JobLogStore
 from service.store.jobs import JobStore, QueueBounds, eta_seconds
@@ -26,6 +27,7 @@ from service.workspace import Workspace, check_plain_name
 
 
 TIMING_TTL = 1.0
+DASHBOARD_HOURS = 24
 
 
 def iso(ts: float | None) -> str | None:
@@ -44,6 +46,7 @@ class JobService:
         self.users = UserStore(engine)
         self.workers = WorkerStore(engine)
         self.job_logs = JobLogStore(engine)
+        self.dashboard_reads = DashboardStore(engine)
         # PostgreSQL means possibly several hosts on a shared FILES_ROOT, where file locks are
         # unreliable: job folders are locked in the database there.
         self.workspace = Workspace(config["FILES_ROOT"], lock_factory=(
@@ -183,6 +186,37 @@ class JobService:
                               for w in self.workers.live(stale)]
         return out
 
+    def dashboard(self, viewer, now: float | None = None) -> dict:
+        """What the admin dashboard shows (admins only): users, jobs by kind and status, finished
+        jobs per hour over the last DASHBOARD_HOURS, per-kind throughput and average run time,
+        and the live workers with the job (or None: idle) in each executor slot."""
+        if _scope(viewer) is not None:
+            raise Forbidden("Only admins may see the dashboard.", code="ADMIN_ONLY")
+        now = time.time() if now is None else now
+        counts = self.jobs.counts(None)
+        recent = self.dashboard_reads.finished_per_hour(now, DASHBOARD_HOURS)
+        averages = self.workers.average_durations()
+        kinds = sorted(set(self.kinds) | set(counts) | set(recent["kinds"]))
+        statuses = [s.value for s in JobStatus]
+        by_status = {s: sum(counts.get(k, {}).get(s, 0) for k in kinds) for s in statuses}
+        finished = {s: sum(h[s] for h in recent["hours"]) for s in FINAL_STATUSES}
+        per_kind = [{"kind": k, "counts": {s: counts.get(k, {}).get(s, 0) for s in statuses},
+                     "total": sum(counts.get(k, {}).values()),
+                     "finished_recent": sum(recent["kinds"].get(k, {}).values()),
+                     "failed_recent": recent["kinds"].get(k, {}).get("failed", 0),
+                     "avg_seconds": averages.get(k)} for k in kinds]
+        workers = self.workers.live(self.config["LEASE_SECONDS"] * 2)
+        running_kinds = self.dashboard_reads.kinds_of([j for w in workers for j in (w["running"] or [])])
+        return {
+            "now": now, "hours_back": DASHBOARD_HOURS, "statuses": statuses,
+            "users": self.users.counts(active_since=now - 86400),
+            "jobs_by_status": by_status, "jobs_total": sum(by_status.values()), "kinds": per_kind,
+            "hours": recent["hours"], "finished_recent": finished,
+            "throughput_per_hour": round(sum(finished.values()) / DASHBOARD_HOURS, 1),
+            "workers": [{"host": w["host"], "pid": w["pid"], "slots": _slots(w, running_kinds),
+                         "heartbeat_age": round(now - w["heartbeat_at"], 1)} for w in workers],
+        }
+
     def metrics_snapshot(self) -> dict:
         """What the metrics gauges read from the database on each scrape (service.metrics):
         queued and running jobs per kind (every registered kind, zeros included), the oldest
@@ -225,6 +259,14 @@ class JobService:
             "finished_at": iso(job["finished_at"]), "result": job["result"], "error": error,
             "cancel_requested": bool(job["cancel_requested"]), "files": [_file_view(f) for f in files],
         }
+
+
+def _slots(worker: dict, kinds: dict[str, str]) -> list[dict | None]:
+    """One entry per executor slot: the job it runs ({"job_id", "kind"}; kind None once the job
+    is gone) or None when idle. The heartbeat lists running job ids, not slot numbers, so the
+    busy slots come first."""
+    running = [{"job_id": j, "kind": kinds.get(j)} for j in worker["running"] or []]
+    return running + [None] * max(0, int(worker["slots"]) - len(running))
 
 
 def _file_view(f: dict) -> dict:

@@ -2,6 +2,8 @@
 logout revocation, token-type confusion and the login brute-force limit."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.conftest import PASSWORD, assert_error, assert_ok, sign_up
@@ -311,3 +313,29 @@ def test_login_limit_counts_form_and_json_attempts_together(app_factory):
             resp = client.post(f"{AUTH}/login", data={"username": "Alice", "password": "guess-guess"})
             assert_error(resp, 401, "AUTH_FAILED")
     assert_error(login(client, "alice", "guess-guess"), 429, "RATE_LIMITED")
+
+
+def test_using_the_service_counts_as_active_at_most_one_write_per_ten_minutes(app, client):
+    """The admin dashboard's "active in the last 24 h" counts users of a long-lived session too."""
+    import sqlalchemy as sa
+
+    from service.store.schema import users
+    alice = sign_up(app, client, "alice")
+    engine = app.extensions["ilgun"].engine
+
+    def set_seen(value):
+        with engine.begin() as conn:
+            conn.execute(users.update().where(users.c.username == "alice").values(last_seen_at=value))
+
+    def seen():
+        with engine.connect() as conn:
+            return conn.execute(sa.select(users.c.last_seen_at).where(users.c.username == "alice")).scalar_one()
+    set_seen(time.time() - 2 * 86400)  # signed in two days ago, token still valid
+    assert app.extensions["ilgun"].users.counts(active_since=time.time() - 86400)["active_24h"] == 0
+    assert alice.get("/api/v1/jobs").status_code == 200
+    first = seen()
+    assert first > time.time() - 60
+    assert app.extensions["ilgun"].users.counts(active_since=time.time() - 86400)["active_24h"] == 1
+    set_seen(first - 300)  # five minutes ago: no new write yet
+    assert alice.get("/api/v1/jobs").status_code == 200
+    assert seen() == first - 300

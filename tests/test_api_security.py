@@ -435,8 +435,8 @@ def test_good_list_filters_are_accepted(alice):
         assert_ok(alice.get(f"/api/v1/jobs?{query}"))
 
 
-@pytest.mark.parametrize("url", ["/api/v1/nope", "/api/v2/jobs", "/", "/api/v1/jobs/x/y/z", "/api/v1/auth",
-                                 "/api/v1/auth/nope", "/static/../secrets.json"])
+@pytest.mark.parametrize("url", ["/api/v1/nope", "/api/v2/jobs", "/nope", "/api/v1/jobs/x/y/z", "/api/v1/auth",
+                                 "/api/v1/auth/nope", "/static/../secrets.json", "/static/nope.css"])
 def test_unknown_url_is_json_404(alice, url):
     assert_error(alice.get(url), 404, "NOT_FOUND")
 

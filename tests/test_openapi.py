@@ -27,7 +27,9 @@ def template(rule: str) -> str:
 
 
 def app_operations(app) -> set[tuple[str, str]]:
-    return {(m.lower(), template(r.rule)) for r in app.url_map.iter_rules() if r.endpoint not in DOCS_ENDPOINTS
+    """The API's routes: not the documentation's own, the HTML pages (service/pages) or their static files."""
+    return {(m.lower(), template(r.rule)) for r in app.url_map.iter_rules()
+            if r.endpoint not in DOCS_ENDPOINTS and not r.endpoint.startswith("pages_") and r.endpoint != "static"
             for m in r.methods - {"HEAD", "OPTIONS"}}
 
 

@@ -34,20 +34,14 @@ def _tokens(user: dict) -> dict:
             "expires_in": current_app.config["JWT_ACCESS_TOKEN_EXPIRES"].total_seconds()}
 
 
-def _login_limit() -> str:
+def login_limit() -> str:
     return current_app.config["RATELIMIT_LOGIN"]
 
 
-@bp.post("/register")
-@limiter.limit(_login_limit, key_func=login_key)
-def register():
-    if not current_app.config["ALLOW_REGISTRATION"]:
-        raise ValidationError("Registration is closed; ask an admin.", code="REGISTRATION_CLOSED")
-    body = json_body(allow_form=True)
-    raw_username = body.get("username")
+def check_new_account(raw_username, password, email) -> tuple[str, str, str | None]:
+    """(username, password, email) for a new account, or ValidationError naming each bad field.
+    The API and the register page share it."""
     username = raw_username.strip() if isinstance(raw_username, str) else ""
-    password = body.get("password")
-    email = body.get("email")
     if email == "":  # an HTML form's empty field
         email = None
     problems = {}
@@ -60,12 +54,22 @@ def register():
         problems["email"] = "not an email address"
     if problems:
         raise ValidationError("Some fields are not valid.", details=problems)
+    return username, password, email
+
+
+@bp.post("/register")
+@limiter.limit(login_limit, key_func=login_key)
+def register():
+    if not current_app.config["ALLOW_REGISTRATION"]:
+        raise ValidationError("Registration is closed; ask an admin.", code="REGISTRATION_CLOSED")
+    body = json_body(allow_form=True)
+    username, password, email = check_new_account(body.get("username"), body.get("password"), body.get("email"))
     user = _users().create(username, password, email=email)
     return ok(_user_view(user), "Registered.", 201)
 
 
 @bp.post("/login")
-@limiter.limit(_login_limit, key_func=login_key)
+@limiter.limit(login_limit, key_func=login_key)
 def login():
     body = json_body(allow_form=True)
     username, password = body.get("username"), body.get("password")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import jsonify
+from flask import jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from service import errors as e
@@ -35,7 +35,26 @@ HTTP_CODES = {400: "BAD_REQUEST", 401: "AUTH_REQUIRED", 403: "FORBIDDEN", 404: "
               500: "INTERNAL_ERROR", 503: "SERVICE_UNAVAILABLE"}
 
 
+# Set by service.pages: renders an error as a page (status, code, message) for browsers.
+html_error_page = None
+
+
+def wants_html() -> bool:
+    """A browser asking for a page rather than an API client: the error is shown as a page. The
+    API, /metrics and anything that prefers JSON keep the JSON shape."""
+    if html_error_page is None or request.path.startswith("/api/") or request.path == "/metrics":
+        return False
+    accept = request.accept_mimetypes
+    return accept.best_match(["application/json", "text/html"]) == "text/html" and \
+        accept["text/html"] > accept["application/json"]
+
+
 def error_response(status: int, code: str, message: str, details=None, headers=None):
+    if wants_html():
+        resp = html_error_page(status, code, message)
+        for k, v in (headers or {}).items():
+            resp.headers[k] = v
+        return resp
     resp = jsonify({"success": False, "error_code": code, "message": message, "details": details})
     resp.status_code = status
     for k, v in (headers or {}).items():

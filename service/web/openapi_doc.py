@@ -276,7 +276,7 @@ def build_document(config: Mapping[str, Any]) -> dict:
                  {"name": "files", "description": "Upload documents for document jobs"},
                  {"name": "system", "description": "Health, readiness, statistics, metrics"},
                  {"name": "docs", "description": "This document"}],
-        "security": [{"bearerAuth": []}],
+        "security": [{"bearerAuth": []}, {"cookieAuth": []}],
         "paths": paths,
         "components": _components(config, {**openapi_files.schemas(), **_cefr_schemas(config)}),
     }

@@ -300,6 +300,10 @@ def components(config: Mapping[str, Any]) -> dict:
         "securitySchemes": {
             "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
                            "description": "The access_token from POST /api/v1/auth/login."},
+            "cookieAuth": {"type": "apiKey", "in": "cookie", "name": "access_token_cookie",
+                           "description": "The pages' sign-in cookie (POST /login). With it, a POST or DELETE "
+                                          "must send the csrf_access_token cookie's value in X-CSRF-TOKEN, "
+                                          "else 403 `CSRF_FAILED`."},
             "refreshToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
                              "description": "The refresh_token from login or refresh (only for "
                                             "POST /api/v1/auth/refresh)."},

@@ -1,11 +1,15 @@
 """JWT wiring: who the token's user is, whether it was revoked, and JSON answers for token errors."""
 from __future__ import annotations
 
+import time
+
 from flask import current_app, g
 
 from service import log_context
 from service.extensions import jwt
 from service.web.errors import error_response
+
+SEEN_EVERY = 600.0  # seconds between two updates of a user's last_seen_at
 
 
 def _users():
@@ -38,6 +42,10 @@ def init_app(app) -> None:
             return None
         if "user_id_token" not in g:  # every log line of this request names the user
             g.user_id_token = log_context.user_id.set(user["id"])
+            # "active in the last 24 h" counts users who use the service, not only those who
+            # typed a password: at most one write per user per SEEN_EVERY seconds
+            if (user.get("last_seen_at") or 0) < time.time() - SEEN_EVERY:
+                _users().touch(user["id"])
         return user
 
     @jwt.token_in_blocklist_loader
@@ -54,6 +62,9 @@ def init_app(app) -> None:
 
     @jwt.unauthorized_loader
     def _missing(reason):
+        if "CSRF" in reason:  # flask-jwt-extended sends its CSRFError here too
+            return error_response(403, "CSRF_FAILED", "A cookie-authenticated request must send the "
+                                  "csrf_access_token cookie's value in the X-CSRF-TOKEN header.", {"reason": reason})
         return error_response(401, "AUTH_REQUIRED", "Sign in first: send an Authorization: Bearer token.",
                               {"reason": reason})
 
