@@ -4,6 +4,8 @@ This module knows nothing of HTTP: ``service.web.errors`` maps each class to a s
 """
 from __future__ import annotations
 
+import errno
+
 
 class IlgunError(Exception):
     code = "ERROR"
@@ -87,3 +89,32 @@ class UnsupportedFileType(ValidationError):
 class QuotaExceeded(IlgunError):
     code = "QUOTA_EXCEEDED"
     message = "This would take you over your disk quota; delete some files first."
+
+
+class StorageFull(IlgunError):
+    """The file store (FILES_ROOT) has no space left, or its filesystem quota is used up: an
+    operator's problem, not the request's; answered 507."""
+    code = "DISK_FULL"
+    message = "The file store is full; nothing was kept. Try again once space has been freed."
+
+
+# ENOSPC: the filesystem is full; EDQUOT: the service account's filesystem quota is used up.
+# Both mean the same to a user: nothing more can be written until an operator frees space.
+DISK_FULL_ERRNOS = frozenset(n for n in (getattr(errno, "ENOSPC", None), getattr(errno, "EDQUOT", None))
+                             if n is not None)
+
+
+def disk_full_cause(exc: BaseException | None) -> OSError | None:
+    """The ENOSPC/EDQUOT OSError behind ``exc``: itself, or one it was raised from or while
+    handling. Code that wraps OSErrors (a download's network errors, a document's "cannot
+    read") would otherwise hide a full disk behind its own, wrong, error code."""
+    todo, seen = [exc], set()
+    while todo:
+        exc = todo.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return exc
+        todo += [exc.__context__, exc.__cause__]
+    return None

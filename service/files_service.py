@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
-from service.errors import QuotaExceeded, UnsupportedFileType, ValidationError
+from service.errors import QuotaExceeded, StorageFull, UnsupportedFileType, ValidationError, disk_full_cause
 from service.filetypes import EXTENSION, MIME, sniff
 from service.store.uploads import UploadStore
 from service.workspace import Workspace, safe_filename
@@ -68,7 +68,16 @@ class FileService:
 
     def save(self, viewer, incoming: IncomingFile, filename: str | None) -> dict:
         """Keep an upload for ``viewer``; the type comes from the content, the name (made safe)
-        from the client, with the extension of the real type when it had none."""
+        from the client, with the extension of the real type when it had none. A full file
+        store is StorageFull (507), with nothing kept."""
+        try:
+            return self._save(viewer, incoming, filename)
+        except OSError as exc:
+            if disk_full_cause(exc) is None:
+                raise
+            raise StorageFull() from exc
+
+    def _save(self, viewer, incoming: IncomingFile, filename: str | None) -> dict:
         owner = int(viewer["id"])
         incoming.flush()
         if incoming.size == 0:
@@ -91,7 +100,11 @@ class FileService:
         try:
             os.link(incoming.name, dest)
         except OSError:  # FILES_ROOT/incoming on another filesystem (a bind mount): copy instead
-            shutil.copyfile(incoming.name, dest)
+            try:
+                shutil.copyfile(incoming.name, dest)
+            except BaseException:  # a full disk: no half copy is left behind
+                dest.unlink(missing_ok=True)
+                raise
         row = {"id": file_id, "owner_id": owner, "name": name, "size": incoming.size, "file_type": file_type,
                "content_type": MIME[file_type], "sha256": incoming.sha256, "created_at": time.time()}
         try:

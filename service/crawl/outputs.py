@@ -63,7 +63,12 @@ class PageWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        # each output publishes only on a clean exit, and discards its partial file otherwise
-        self._jsonl.__exit__(exc_type, exc, tb)
+        # each output publishes only on a clean exit, and discards its partial file otherwise;
+        # closing the first may itself fail (a full disk): the second is then closed as failed too
+        try:
+            self._jsonl.__exit__(exc_type, exc, tb)
+        except BaseException as error:
+            self._csv_file.__exit__(type(error), error, error.__traceback__)
+            raise
         self._csv_file.__exit__(exc_type, exc, tb)
         return False

@@ -59,17 +59,26 @@ class _AtomicOutput:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        self._file.close()
+        try:
+            # close flushes what is still buffered: on a full disk (ENOSPC) this is often where
+            # the error first shows, and the partial file must go then too
+            self._file.close()
+        except BaseException:
+            self._drop()
+            raise
         if exc_type is None:
             os.replace(self._partial, self._final)
             if self._sha is not None:
                 self._ctx._hashes[self.name] = self._sha.hexdigest()
         else:
-            try:
-                os.unlink(self._partial)
-            except OSError:
-                pass
+            self._drop()
         return False
+
+    def _drop(self) -> None:
+        try:
+            os.unlink(self._partial)
+        except OSError:
+            pass
 
 
 class RunContext:

@@ -13,6 +13,7 @@ from service.engine import events
 from service.engine.context import RunContext
 from service.engine.kind import JobCancelled, JobFailed, TransientJobError
 from service.engine.status import JobStatus
+from service.errors import StorageFull, disk_full_cause
 
 log = logging.getLogger("service.engine.dispatcher")
 
@@ -29,7 +30,7 @@ class OutcomeMixin:
         started = time.monotonic()
         ctx.job_log.add("INFO", f"attempt {job['attempt']} of {job['max_attempts']} started on {self.worker_id}")
         try:
-            result = kind.run(ctx)
+            result = _run_checking_disk(kind, ctx)
             # No flush of the last progress report: the finish writes 100 % and "done" in the
             # same transaction, and each write costs a turn at SQLite's single write lock.
             ctx.check_cancelled()
@@ -148,6 +149,26 @@ class OutcomeMixin:
 
     def _notify(self, event: str, *args) -> None:
         events.notify(self.observers, event, *args)
+
+
+def _run_checking_disk(kind, ctx: RunContext) -> dict:
+    """``kind.run(ctx)``, with a full file store (ENOSPC/EDQUOT anywhere in the exception chain,
+    however a kind wrapped it: a download's NETWORK_ERROR, a document's "cannot read") turned
+    into a permanent DISK_FULL. Permanent because a retry cannot help until an operator frees
+    space, and a retry loop would only keep hitting the full disk. The failure path then
+    removes the job's folder, so no partial or temporary file is left behind."""
+    try:
+        return kind.run(ctx)
+    except JobCancelled:
+        raise
+    except Exception as exc:
+        cause = disk_full_cause(exc)
+        if cause is None:
+            raise
+        log.warning("job %s (%s): the file store is full (%s)", ctx.job_id, ctx.kind, cause.strerror or cause)
+        reason = cause.strerror or "no space left"
+        raise JobFailed(StorageFull.code, f"The file store is full: {reason}. The job's partial files were "
+                                          "removed; it can be retried once space has been freed.") from exc
 
 
 def _details(exc: JobFailed):

@@ -25,6 +25,7 @@ STATUS_BY_ERROR: list[tuple[type[e.IlgunError], int]] = [
     (e.QueueFull, 429),
     (e.ServiceBusy, 503),
     (e.ModelUnavailable, 503),
+    (e.StorageFull, 507),
     (e.IlgunError, 400),
 ]
 
@@ -32,7 +33,7 @@ HTTP_CODES = {400: "BAD_REQUEST", 401: "AUTH_REQUIRED", 403: "FORBIDDEN", 404: "
               405: "METHOD_NOT_ALLOWED", 406: "NOT_ACCEPTABLE", 409: "CONFLICT", 411: "LENGTH_REQUIRED",
               412: "PRECONDITION_FAILED", 413: "PAYLOAD_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE",
               416: "RANGE_NOT_SATISFIABLE", 429: "RATE_LIMITED", 431: "HEADERS_TOO_LARGE",
-              500: "INTERNAL_ERROR", 503: "SERVICE_UNAVAILABLE"}
+              500: "INTERNAL_ERROR", 503: "SERVICE_UNAVAILABLE", 507: "DISK_FULL"}
 
 
 # Set by service.pages: renders an error as a page (status, code, message) for browsers.

@@ -1,15 +1,18 @@
 """/api/v1/files: upload a document (multipart field ``file``), list, read, download, delete."""
 from __future__ import annotations
 
+import logging
+
 import flask
 from flask import Blueprint, current_app, request
 from flask_jwt_extended import current_user, jwt_required
 
-from service.errors import ValidationError
+from service.errors import StorageFull, ValidationError, disk_full_cause
 from service.extensions import limiter
 from service.web.http import attachment, int_arg, ok, paginated
 
 bp = Blueprint("files", __name__, url_prefix="/api/v1")
+log = logging.getLogger(__name__)
 
 
 class UploadRequest(flask.Request):
@@ -18,7 +21,30 @@ class UploadRequest(flask.Request):
     which the stored file would then be copied from)."""
 
     def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
-        return current_app.extensions["ilgun"].uploads.incoming()
+        incoming = current_app.extensions["ilgun"].uploads.incoming()
+        self.__dict__.setdefault("_incoming_parts", []).append(incoming)
+        return incoming
+
+    def _load_form_data(self) -> None:
+        """Parse the form; werkzeug writes each file part into its IncomingFile as it arrives, so
+        a full file store shows here, whichever view first reads request.form or .files."""
+        try:
+            super()._load_form_data()
+        except BaseException as exc:
+            # a failed parse sets no request.files, so nothing else would close (and so delete)
+            # the parts received so far
+            for part in self.__dict__.pop("_incoming_parts", ()):
+                try:
+                    part.close()
+                except OSError:  # the file is unlinked even when its last flush fails
+                    pass
+            cause = disk_full_cause(exc)
+            if cause is None:
+                raise
+            log.warning("upload refused: the file store is full (%s)", cause.strerror or cause)
+            # the body is half read: a later look at the form must not parse the rest of it
+            self.__dict__.update(form=self.parameter_storage_class(), files=self.parameter_storage_class())
+            raise StorageFull() from exc
 
 
 def _uploads():

@@ -18,6 +18,8 @@ UPLOAD_ERRORS = {
                "The body is over MAX_CONTENT_LENGTH, or the file would take you over USER_DISK_QUOTA_BYTES "
                "(`details`: used, size, quota)."),
     "415": err(415, ["UNSUPPORTED_FILE_TYPE"], f"The content is none of: {_TYPES} (`details.allowed`)."),
+    "507": err(507, ["DISK_FULL"], "The server's file store is full: nothing was kept (no partial file, no "
+                                   "upload); try again once space has been freed."),
 }
 
 

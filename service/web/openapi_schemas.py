@@ -156,7 +156,8 @@ def _kind_params() -> dict[str, dict]:
 KIND_PARAMS = _kind_params()
 JOB_ERROR_DESCRIPTION = (
     "The last failure (also while queued again after a transient one), else null. Codes: from the engine "
-    "`ABANDONED`, `TIMEOUT`, `INTERNAL_ERROR`, `UNKNOWN_KIND`, `WORKSPACE_BUSY`; download `URL_NOT_ALLOWED`, "
+    "`ABANDONED`, `TIMEOUT`, `INTERNAL_ERROR`, `UNKNOWN_KIND`, `WORKSPACE_BUSY`, `DISK_FULL` (any kind: the file "
+    "store filled up; not retried, the job's partial files are removed); download `URL_NOT_ALLOWED`, "
     "`URL_SCHEME_NOT_ALLOWED`, `URL_CREDENTIALS_NOT_ALLOWED`, `URL_INVALID`, `TOO_MANY_REDIRECTS`, `FILE_TOO_LARGE`, "
     "`CHECKSUM_MISMATCH`, `UPSTREAM_CLIENT_ERROR`, `UPSTREAM_UNEXPECTED_STATUS`, `TLS_ERROR`, `UPSTREAM_ERROR`, "
     "`TIMEOUT`, `NETWORK_ERROR`; sleep `SLEEP_FAILED`, `SLEEP_TRANSIENT`; ocr and report `FILE_NOT_FOUND`, "
