@@ -254,16 +254,37 @@ def worker_exit(server, worker):
     if stopper is not None:  # SIGTERM already started the stop: wait for it, no fresh budget
         import time
         stopper.join(max(0.0, worker.ilgun_stop_deadline - time.monotonic()))
+    else:
+        # Exits without SIGTERM (max_requests recycle): nothing is killing us, stop here.
+        stop_worker_runtime = _runtime_function(server.log, "stop_worker_runtime")
+        if stop_worker_runtime is None:
+            return
+        try:
+            stop_worker_runtime(worker.wsgi, timeout=_stop_budget(worker, server))
+        except Exception:
+            # The worker is exiting either way; make sure the reason is in the log.
+            server.log.exception("stopping the job engine of worker %s failed", worker.pid)
+    _end_runs_left_behind(worker, server.log)
+
+
+def _end_runs_left_behind(worker, log):
+    """Jobs that ignored the stop were handed back and may already run on another worker: end
+    this process now instead of letting Python wait for their threads. After SIGTERM the master
+    would SIGKILL us at graceful_timeout anyway, but after a HUP or a max_requests recycle
+    nothing would, and the stale run would go on beside the new one (found by the chaos test)."""
+    runs_left_behind = _runtime_function(log, "runs_left_behind")
+    left = runs_left_behind(worker.wsgi) if runs_left_behind is not None else []
+    if not left:
         return
-    # Exits without SIGTERM (max_requests recycle): nothing is killing us, stop here.
-    stop_worker_runtime = _runtime_function(server.log, "stop_worker_runtime")
-    if stop_worker_runtime is None:
-        return
-    try:
-        stop_worker_runtime(worker.wsgi, timeout=_stop_budget(worker, server))
-    except Exception:
-        # The worker is exiting either way; make sure the reason is in the log.
-        server.log.exception("stopping the job engine of worker %s failed", worker.pid)
+    import logging
+    import os
+    import sys
+    log.warning("worker %s exits now: %d handed-back job(s) still running here: %s",
+                worker.pid, len(left), ", ".join(left))
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(0)
 
 
 def worker_int(worker):

@@ -38,7 +38,18 @@ def stop_worker_runtime(app, timeout: float | None = None) -> list[str]:
         return []
     grace = app.config["SHUTDOWN_GRACE"] if timeout is None else timeout
     handed_back = dispatcher.stop(timeout=grace)
+    svc.runs_left_behind = dispatcher.active_ids  # see runs_left_behind()
     ocr_cache = sys.modules.get("service.ocr.cache")   # not imported: no OCR ran here
     if ocr_cache is not None:
         ocr_cache.close_process_cache()   # the engine processes exit now, not a second after us
     return handed_back
+
+
+def runs_left_behind(app) -> list[str]:
+    """Jobs whose threads still run in this process after the dispatcher stopped: they ignored the
+    stop, were handed back to the queue and may already run on another worker. Their writes are
+    fenced by the run token, but their work is not (CPU, memory, the job folder's lock), and
+    Python waits for executor threads before a process exits: gunicorn's worker_exit hook ends
+    the process at once when this is not empty."""
+    pending = getattr(app.extensions["ilgun"], "runs_left_behind", None)
+    return pending() if pending is not None else []

@@ -9,7 +9,7 @@ from service.errors import ValidationError
 
 MAX_DURATION = 3600.0
 FAIL_MODES = {"permanent", "transient", "crash"}
-PARAMS = {"duration", "steps", "fail", "succeed_on_attempt", "write_file", "log_steps"}
+PARAMS = {"duration", "steps", "fail", "succeed_on_attempt", "write_file", "log_steps", "uninterruptible"}
 
 
 def _number(value, field: str) -> float:
@@ -57,7 +57,9 @@ class SleepKind(JobKind):
             succeed_on = params.get("succeed_on_attempt")
             if succeed_on is not None:
                 out["succeed_on_attempt"] = _integer(succeed_on, "succeed_on_attempt")
-        for flag in ("write_file", "log_steps"):   # log_steps: a line per step in the job's log
+        # log_steps: a line per step in the job's log; uninterruptible: each step blocks without
+        # looking at cancel or stop requests, like a long library call (a model load, a big parse)
+        for flag in ("write_file", "log_steps", "uninterruptible"):
             value = params.get(flag, False)
             if not isinstance(value, bool):
                 raise ValidationError(f"{flag} must be true or false.", details={"field": flag})
@@ -72,7 +74,9 @@ class SleepKind(JobKind):
             with ctx.open_output("sleep.txt", "w") as f:
                 f.write(f"job {ctx.job_id} attempt {ctx.attempt}\n")
         for step in range(1, steps + 1):
-            if duration and ctx.wait(duration / steps):
+            if ctx.params.get("uninterruptible"):
+                time.sleep(duration / steps)
+            elif duration and ctx.wait(duration / steps):
                 raise JobCancelled(ctx.stop_reason)
             ctx.check_cancelled()
             ctx.progress(100.0 * step / steps, f"step {step}/{steps}")

@@ -146,6 +146,9 @@ def _kind_params() -> dict[str, dict]:
                                                                           "on. Ignored without `fail`."}),
         "write_file": {"type": "boolean", "default": False, "description": "Write `sleep.txt` as a result file."},
         "log_steps": {"type": "boolean", "default": False, "description": "Log a line per step (job log)."},
+        "uninterruptible": {"type": "boolean", "default": False,
+                            "description": "Steps block without noticing cancel or shutdown (like a long library "
+                                           "call): for tests of what the engine does with such jobs."},
     }, description="Params of `sleep` (admins only unless SLEEP_KIND_FOR_EVERYONE). Unknown keys are refused "
                    "(400 `VALIDATION_ERROR`).")
     from service.web.openapi_kinds import cefr_kind_params, crawl_kind_params, document_kind_params

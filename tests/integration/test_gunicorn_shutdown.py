@@ -199,3 +199,29 @@ def test_sigterm_while_a_slow_client_holds_a_worker(ilgun_factory, slow_files):
     again = ilgun_factory(settings, data_dir=server.data_dir, name="restarted")
     final = again.wait_jobs(sleeps, timeout=40)
     _check_all_succeeded_once(final)
+
+
+def test_hup_ends_a_worker_whose_job_ignores_the_stop(ilgun_factory):
+    """A job blocked in something that never looks at the stop request (a long library call) is
+    handed back at the end of the grace period; after a HUP nothing SIGKILLs the old worker, so
+    it must end itself then rather than let the stale run go on beside the new attempt."""
+    server = ilgun_factory({"GRACEFUL_TIMEOUT": str(GRACE)})
+    token = server.register("stubborn")
+    blocked = 25.0
+    job_id = server.submit(token, "sleep", {"duration": blocked, "steps": 1, "uninterruptible": True})
+    wait_for(lambda: server.job(job_id, token)["status"] == "running", timeout=10, what="the job to start")
+
+    def holder_pid():  # the worker's heartbeat lists the job within a second
+        return next((w["pid"] for w in server.stats()["workers"] if job_id in w["running"]), None)
+    holder = wait_for(holder_pid, timeout=10, interval=0.2, what="a worker to list the job")
+    hup_at = time.time()
+    server.terminate(signal.SIGHUP)
+    t0 = time.monotonic()
+    wait_for(lambda: not pid_alive(holder), timeout=blocked, what="the worker holding the blocked job to exit")
+    gone_in = time.monotonic() - t0
+    log(f"worker {holder} gone {gone_in:.1f}s after HUP (the job blocks {blocked:.0f}s)")
+    assert gone_in <= GRACE + 4, f"the old worker lingered {gone_in:.1f}s with its stale run"
+    assert f"worker {holder} exits now: 1 handed-back job(s) still running here: {job_id}" in server.log_text()
+    job = server.wait_jobs([job_id], timeout=blocked + 20, token=token)[job_id]
+    # the run that finished began after the HUP, on a new worker (a hand-back refunds the attempt)
+    assert job["status"] == "succeeded" and job["result"]["began_at"] > hup_at, job
