@@ -225,6 +225,42 @@ def test_sweep_abandons_after_max_attempts(engine, users):
     assert final["status"] == "failed" and final["error_code"] == "ABANDONED"
 
 
+@pytest.mark.parametrize("attempts_left", [True, False])
+def test_sweep_recovers_only_what_it_changed(engine, users, attempts_left):
+    """The worker finishes the job between the sweep's SELECT of expired leases and its UPDATE
+    (possible on PostgreSQL, where the SELECT locks no row): the sweep must neither log a
+    recovery nor report the job as requeued or ABANDONED (the caller would delete its files)."""
+    from service.engine.status import JobStatus
+    from service.store import job_logs
+    clock = [1000.0]
+    store, claims = JobStore(engine, clock=lambda: clock[0]), ClaimStore(engine, clock=lambda: clock[0])
+    job, _ = store.submit(users[0], SLEEP, {}, BOUNDS)  # max_attempts=2
+    if not attempts_left:  # a first attempt lost, so this is the last one
+        claims.claim("w0", 1, {"sleep": SLEEP}, lease_seconds=5)
+        clock[0] += 6
+        assert claims.sweep()[0] == [job["id"]]
+    run = claims.claim("w1", 1, {"sleep": SLEEP}, lease_seconds=5)[0]
+    clock[0] += 6
+    finished = []
+
+    def finish_first(conn, cursor, statement, parameters, context, executemany):
+        # runs in the sweep's own transaction, just before its UPDATE: the row it read is stale
+        if statement.lstrip().upper().startswith("UPDATE JOBS") and not finished:
+            finished.append(True)
+            conn.execute(jobs.update().where(jobs.c.id == job["id"]).values(
+                status=JobStatus.SUCCEEDED.value, run_token=None, lease_owner=None, lease_expires_at=None,
+                finished_at=clock[0], updated_at=clock[0]))
+    sa.event.listen(engine, "before_cursor_execute", finish_first)
+    try:
+        assert claims.sweep() == ([], [])
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", finish_first)
+    assert finished and store.get(job["id"], None)["status"] == "succeeded"
+    lines = [line["message"] for line in job_logs.JobLogStore(engine).read(job["id"], after=0, tail=100)[0]]
+    assert sum("requeued" in m or "ABANDONED" in m for m in lines) == (0 if attempts_left else 1), lines
+    assert run["run_token"]
+
+
 def test_requeue_with_refund_keeps_attempts(engine, users):
     store, claims = JobStore(engine), ClaimStore(engine)
     job, _ = store.submit(users[0], SLEEP, {}, BOUNDS)

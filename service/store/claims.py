@@ -246,20 +246,30 @@ class ClaimStore:
                 jobs.c.status == RUNNING, jobs.c.lease_expires_at < now)).all()
             requeued, abandoned = [], []
             for job in expired:
+                # The SELECT locked nothing: on PostgreSQL the worker may finish the job or renew
+                # its lease between it and this UPDATE, so the UPDATE repeats every condition
+                # and only a row it really changed is recovered (else the sweep would log a
+                # recovery that did not happen, and remove the files of an ABANDONED job that in
+                # fact just succeeded).
                 base = jobs.update().where(jobs.c.id == job.id, jobs.c.run_token == job.run_token,
-                                           jobs.c.status == RUNNING)
+                                           jobs.c.status == RUNNING, jobs.c.lease_expires_at < now)
                 if job.attempt < job.max_attempts:
                     line = f"requeued: worker {job.lease_owner} stopped responding"
-                    conn.execute(base.values(status=QUEUED, run_token=None, lease_owner=None,
-                                             lease_expires_at=None, run_after=now, updated_at=now, message=line))
-                    requeued.append(job.id)
+                    changed = conn.execute(base.values(status=QUEUED, run_token=None, lease_owner=None,
+                                                       lease_expires_at=None, run_after=now, updated_at=now,
+                                                       message=line)).rowcount
+                    if changed:
+                        requeued.append(job.id)
                 else:
                     line = f"failed ABANDONED: worker lost {job.attempt} times; giving up"
-                    conn.execute(base.values(status=JobStatus.FAILED.value, run_token=None, lease_owner=None,
-                                             lease_expires_at=None, finished_at=now, updated_at=now,
-                                             error_code="ABANDONED",
-                                             error_message=f"Worker lost {job.attempt} times; giving up."))
-                    abandoned.append(as_dict(job))
-                job_logs.append_conn(conn, job.id, [(now, "WARNING", line)], self.log_keep)
+                    changed = conn.execute(base.values(status=JobStatus.FAILED.value, run_token=None,
+                                                       lease_owner=None, lease_expires_at=None, finished_at=now,
+                                                       updated_at=now, error_code="ABANDONED",
+                                                       error_message=f"Worker lost {job.attempt} times; "
+                                                                     "giving up.")).rowcount
+                    if changed:
+                        abandoned.append(as_dict(job))
+                if changed:
+                    job_logs.append_conn(conn, job.id, [(now, "WARNING", line)], self.log_keep)
             return requeued, abandoned
         return database.write(self.engine, tx)
