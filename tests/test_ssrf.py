@@ -107,6 +107,9 @@ def test_blocked_address_is_not_an_oserror():
     ("http://api.localhost:9000/", "URL_NOT_ALLOWED"),
     ("http://169.254.169.254/latest/meta-data/", "URL_NOT_ALLOWED"),
     ("https://10.0.0.1/", "URL_NOT_ALLOWED"), ("http://100.64.0.1/", "URL_NOT_ALLOWED"),
+    # a trailing dot (the DNS root) does not make an address a name
+    ("http://127.0.0.1./", "URL_NOT_ALLOWED"), ("http://169.254.169.254./", "URL_NOT_ALLOWED"),
+    ("http://0x7f.1./", "URL_NOT_ALLOWED"), ("http://2130706433./x", "URL_NOT_ALLOWED"),
 ])
 def test_check_url_refusals(url, code):
     with pytest.raises(UrlNotAllowed) as info:

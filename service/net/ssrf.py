@@ -141,16 +141,17 @@ def _refused(message: str, code: str, **details) -> UrlNotAllowed:
 
 def _literal_address(host: str) -> IPAddress | None:
     """The address a host names without DNS: IP literals, inet_aton spellings, localhost."""
+    # A trailing dot is the DNS root: "127.0.0.1." is still that address to a resolver.
+    bare = host.lower().rstrip(".") if not host.startswith("[") else host
     try:
-        return _as_address(host)
+        return _as_address(bare)
     except ValueError:
         pass
-    bare = host.lower().rstrip(".")
     if bare == "localhost" or bare.endswith(".localhost"):  # RFC 6761: always loopback
         return ipaddress.IPv4Address("127.0.0.1")
-    if _LEGACY_IPV4.fullmatch(host):
+    if _LEGACY_IPV4.fullmatch(bare):
         try:
-            return ipaddress.IPv4Address(socket.inet_aton(host))  # local parse, no network
+            return ipaddress.IPv4Address(socket.inet_aton(bare))  # local parse, no network
         except OSError:
             return None
     return None
