@@ -45,7 +45,7 @@ def home():
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit(login_limit, key_func=login_key, methods=["POST"])
+@limiter.shared_limit(login_limit, scope="login", key_func=login_key, methods=["POST"])
 def login():
     if request.method == "GET" and cookie_auth.page_user():
         return redirect(_safe_next(request.args.get("next")))
@@ -68,7 +68,7 @@ def login():
 
 
 @bp.route("/register", methods=["GET", "POST"])
-@limiter.limit(login_limit, key_func=login_key, methods=["POST"])
+@limiter.shared_limit(login_limit, scope="register", key_func=login_key, methods=["POST"])
 def register():
     closed = not current_app.config["ALLOW_REGISTRATION"]
     errors, message, status = {}, None, 200

@@ -58,7 +58,7 @@ def check_new_account(raw_username, password, email) -> tuple[str, str, str | No
 
 
 @bp.post("/register")
-@limiter.limit(login_limit, key_func=login_key)
+@limiter.shared_limit(login_limit, scope="register", key_func=login_key)
 def register():
     if not current_app.config["ALLOW_REGISTRATION"]:
         raise ValidationError("Registration is closed; ask an admin.", code="REGISTRATION_CLOSED")
@@ -69,7 +69,7 @@ def register():
 
 
 @bp.post("/login")
-@limiter.limit(login_limit, key_func=login_key)
+@limiter.shared_limit(login_limit, scope="login", key_func=login_key)
 def login():
     body = json_body(allow_form=True)
     username, password = body.get("username"), body.get("password")
