@@ -15,11 +15,12 @@ TORCH_INDEX ?=
 CEFR_DATA ?= ../shared/data/cefr-sp
 export ILGUN_DATA ?= $(CURDIR)/instance
 
-.PHONY: run setup test bench profile migrate clean help cefr-model train-cefr
+.PHONY: run setup test reliability bench profile migrate clean help cefr-model train-cefr
 
 help:
 	@echo "make run     - set up .venv, migrate the database, create the admin, serve with gunicorn"
 	@echo "make test    - run the whole test suite"
+	@echo "make reliability - the long reliability runs: chaos rounds, soak, fuzzing (docs/reliability.md)"
 	@echo "make bench   - run the engine benchmark (ilgun vs RQ vs Celery on the local Redis)"
 	@echo "make profile - print the gunicorn profile chosen for this host"
 	@echo "make cefr-model - assemble the default CEFR model (base MiniLM + service/cefr/model/delta.safetensors)"
@@ -54,6 +55,20 @@ profile: $(BIN)/.installed
 
 test: $(BIN)/.installed-dev cefr-model
 	$(BIN)/python -m pytest -q
+
+# The reliability suite at full length (docs/reliability.md): `make test` runs a short version of each
+# part; this runs the chaos loop for 20 rounds, a 3-minute soak of 50 clients and more fuzzing cases.
+# Figures land in test-artifacts/reliability/*.json.
+CHAOS_ROUNDS ?= 20
+SOAK_SECONDS ?= 180
+FUZZ_EXAMPLES ?= 50
+BURST_ROUNDS ?= 6
+CHAOS_PG_ROUNDS ?= 5
+reliability: $(BIN)/.installed-dev cefr-model
+	ILGUN_CHAOS_ROUNDS=$(CHAOS_ROUNDS) ILGUN_CHAOS_PG_ROUNDS=$(CHAOS_PG_ROUNDS) ILGUN_SOAK_SECONDS=$(SOAK_SECONDS) \
+	  ILGUN_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) ILGUN_BURST_ROUNDS=$(BURST_ROUNDS) \
+	  $(BIN)/python -m pytest -q tests/integration/test_chaos.py tests/integration/test_soak.py \
+	  tests/integration/test_write_burst.py tests/test_disk_full.py tests/test_fuzz_openapi.py tests/test_hostile_matrix.py
 
 # the default CEFR model, put together in .venv/ilgun-models/cefr-minilm (~1 s; skipped when up to date)
 cefr-model: $(BIN)/.installed
