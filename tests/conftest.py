@@ -49,6 +49,21 @@ def assert_ok(resp, status: int = 200):
     return body["data"]
 
 
+@pytest.fixture
+def loopback_only(monkeypatch):
+    """Fails any connection this process makes to an address that is not loopback: belt and braces
+    for tests that send generated or hostile URLs through the app."""
+    import ipaddress
+    import socket
+    real_connect = socket.socket.connect
+
+    def connect(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            assert ipaddress.ip_address(str(address[0]).split("%")[0]).is_loopback, f"connect to {address}"
+        return real_connect(sock, address)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+
+
 @pytest.fixture(scope="session")
 def migrated_db(tmp_path_factory) -> Path:
     """Run the real migrations once; each test gets a copy of the result."""

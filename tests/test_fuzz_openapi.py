@@ -34,10 +34,8 @@ failures goes to test-artifacts/reliability/fuzz.json.
 from __future__ import annotations
 
 import io
-import ipaddress
 import json
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -55,6 +53,9 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, negativ
 
 from tests.conftest import PASSWORD, sign_up
 
+# no generated request may make the app connect anywhere but loopback
+pytestmark = pytest.mark.usefixtures("loopback_only")
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACT = ROOT / "test-artifacts" / "reliability" / "fuzz.json"
 EXAMPLES = int(os.environ.get("ILGUN_FUZZ_EXAMPLES", "5"))
@@ -69,18 +70,6 @@ EXPECTED_503 = {("POST", "/api/v1/cefr"): {"NO_EXECUTOR", "CEFR_MODEL_MISSING"},
 METHOD_ORDER = {"GET": 0, "POST": 1, "DELETE": 2}
 REAL_ID_PARAMS = {"job_id", "file_id", "name"}
 RESULTS: dict[str, dict] = {}
-
-
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch):
-    """Belt and braces: no generated request may make the app connect anywhere but loopback."""
-    real_connect = socket.socket.connect
-
-    def connect(sock, address):
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            assert ipaddress.ip_address(str(address[0]).split("%")[0]).is_loopback, f"connect to {address}"
-        return real_connect(sock, address)
-    monkeypatch.setattr(socket.socket, "connect", connect)
 
 
 def record(role: str, result: dict) -> None:
