@@ -450,7 +450,32 @@ class Fetch:
         return self.start, self.end if self.end is not None else float("inf")
 
 
-class SlowFileServer:
+class LoopbackHTTPServer:
+    """An HTTP server on 127.0.0.1 (a free port) running ``handler`` in daemon threads; ``start()``
+    serves from a background thread, ``stop()`` shuts it down and waits for it."""
+
+    def __init__(self, handler, name: str, queue_size: int = 64):
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            block_on_close = False
+            request_queue_size = queue_size
+
+        self.httpd = Server(("127.0.0.1", 0), handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                       name=name, daemon=True)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+class SlowFileServer(LoopbackHTTPServer):
     """Serves ``/<anything>?seconds=S``: CHUNK bytes every CHUNK_INTERVAL for about S seconds,
     with a Content-Length, and records every request (start, end, bytes sent, complete)."""
 
@@ -494,24 +519,7 @@ class SlowFileServer:
                     rec.end = time.time()
                     self.close_connection = True
 
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            block_on_close = False
-            request_queue_size = 64
-
-        self.httpd = Server(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                                       name="slow-file-server", daemon=True)
-
-    def start(self) -> "SlowFileServer":
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        super().__init__(Handler, "slow-file-server")
 
     def url(self, name: str, seconds: float, chunks: int | None = None) -> str:
         """``name`` streamed over about ``seconds``, in ``chunks`` of 64 KiB (default: one

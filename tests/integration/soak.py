@@ -62,12 +62,12 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gunicorn_harness import ROOT, TERMINAL, IlgunServer, child_pids  # noqa: E402
+from gunicorn_harness import ROOT, TERMINAL, IlgunServer, LoopbackHTTPServer, child_pids  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_support import percentile  # noqa: E402
@@ -93,7 +93,7 @@ BLOCK = bytes((i * 131 + 7) % 251 for i in range(64 * 1024))
 
 # --- the loopback file server -----------------------------------------------------------------
 
-class FileServer:
+class FileServer(LoopbackHTTPServer):
     """Serves GET /f/<size>/<name>: the first ``size`` bytes of BLOCK, at once."""
 
     def __init__(self):
@@ -126,24 +126,7 @@ class FileServer:
                     pass
                 self.close_connection = True
 
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            block_on_close = False
-            request_queue_size = 128
-
-        self.httpd = Server(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                                       name="soak-file-server", daemon=True)
-
-    def start(self) -> "FileServer":
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        super().__init__(Handler, "soak-file-server", queue_size=128)
 
     def url(self, size: int, name: str) -> str:
         return f"http://127.0.0.1:{self.port}/f/{size}/{name}"
