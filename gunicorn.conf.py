@@ -281,7 +281,9 @@ def _end_runs_left_behind(worker, log):
     import sys
     log.warning("worker %s exits now: %d handed-back job(s) still running here: %s",
                 worker.pid, len(left), ", ".join(left))
-    logging.shutdown()
+    for name in (None, "gunicorn.error", "gunicorn.access"):  # os._exit skips the usual flushes
+        for handler in logging.getLogger(name).handlers:
+            handler.flush()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(0)

@@ -384,6 +384,7 @@ def fake_runtime(monkeypatch):
     runtime = types.ModuleType("service.runtime")
     runtime.start_worker_runtime = lambda app, *, label: calls.append(("start", app, label))
     runtime.stop_worker_runtime = lambda app, *, timeout: calls.append(("stop", app, timeout))
+    runtime.runs_left_behind = lambda app: []
     monkeypatch.setitem(sys.modules, "service.runtime", runtime)
     monkeypatch.setattr(service, "runtime", runtime, raising=False)
     return runtime, calls
@@ -431,6 +432,29 @@ def test_worker_exit_logs_a_failing_stop(hooks, fake_runtime):
     hooks["post_worker_init"](worker)
     hooks["worker_exit"](server, worker)
     assert server.log.records[-1][0] == "exception"
+
+
+def test_worker_exit_ends_the_process_when_handed_back_runs_still_go_on(hooks, fake_runtime, monkeypatch):
+    """After a HUP nothing SIGKILLs the old worker, and Python would wait for the thread of a job
+    that ignored the stop (and now runs elsewhere too): the hook ends the process instead."""
+    import os
+    runtime, calls = fake_runtime
+    runtime.runs_left_behind = lambda app: ["job-1"]
+    exits = []
+
+    def fake_exit(code):
+        exits.append(code)
+        raise SystemExit(code)
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    worker, server = fake_worker(), fake_server()
+    hooks["post_worker_init"](worker)
+    with pytest.raises(SystemExit):
+        hooks["worker_exit"](server, worker)
+    assert calls[-1][0] == "stop" and exits == [0]
+    assert "1 handed-back job(s) still running here: job-1" in server.log.text()
+    runtime.runs_left_behind = lambda app: []  # nothing left: the worker exits normally
+    hooks["worker_exit"](server, worker)
+    assert exits == [0]
 
 
 def test_missing_runtime_function_is_logged_not_raised(hooks, fake_runtime):
