@@ -141,3 +141,35 @@ def test_tokens_from_config(tmp_path):
     assert EngineTokens.from_config({"OCR_ENGINES_PER_HOST": 2}) is None   # no data folder to meet in
     t = EngineTokens.from_config({"ILGUN_DATA": str(tmp_path), "OCR_ENGINES_PER_HOST": 3})
     assert t.count == 3 and str(t.folder).startswith(str(tmp_path))
+
+
+def test_the_ocr_gate_looks_at_the_tokens_at_most_every_quarter_second(tmp_path, monkeypatch):
+    """The dispatcher asks the gate before every claim; a look takes file locks, so it is reused
+    for EngineGate.LOOK_SECONDS (stale answers are safe: see EngineGate)."""
+    from types import SimpleNamespace
+
+    from service.kinds import ocr
+    tokens, looks, now = EngineTokens(tmp_path, 1), [], [100.0]
+    real_look = tokens.free_or_held
+
+    def counted_look():
+        looks.append(now[0])
+        return real_look()
+    tokens.free_or_held = counted_look
+    monkeypatch.setattr(ocr, "get_cache", lambda config: SimpleNamespace(tokens=tokens))
+    assert isinstance(ocr.OcrKind().local_gate({}), ocr.EngineGate)
+    gate = ocr.EngineGate({}, clock=lambda: now[0])
+    other = EngineTokens(tmp_path, 1)
+    try:
+        assert gate() and looks == [100.0]
+        assert other.try_take()                      # another worker takes the only place
+        now[0] += ocr.EngineGate.LOOK_SECONDS / 2
+        assert gate() and len(looks) == 1            # within the window: the last answer
+        now[0] += ocr.EngineGate.LOOK_SECONDS / 2
+        assert not gate() and len(looks) == 2        # a new look sees it taken
+        other.give_back()
+        assert not gate() and len(looks) == 2
+        now[0] += ocr.EngineGate.LOOK_SECONDS
+        assert gate() and len(looks) == 3
+    finally:
+        other.give_back()

@@ -24,6 +24,30 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+class EngineGate:
+    """The ocr kind's gate, looked at most every ``LOOK_SECONDS``.
+
+    Why: the dispatcher asks every gate before every claim, and a finishing job of any kind
+    claims the next one, so a look (file locks on every token) cost ~12 % of a worker's CPU
+    under a stream of short jobs. An answer a quarter of a second old is good enough: a job
+    claimed on a stale "open" waits for a token (marking the host's wanted file, so an idle
+    engine elsewhere lets go), a stale "closed" leaves the job to the next claim."""
+    LOOK_SECONDS = 0.25
+
+    def __init__(self, config: Mapping[str, Any], clock=time.monotonic):
+        self.config, self.clock = config, clock
+        self._answer, self._looked_at = True, None
+
+    def __call__(self) -> bool:
+        now = self.clock()
+        if self._looked_at is None or now - self._looked_at >= self.LOOK_SECONDS:
+            tokens = get_cache(self.config).tokens
+            # stamped before the look: a look that raises is retried at the next window, not at once
+            self._looked_at = now
+            self._answer = tokens is None or tokens.free_or_held()
+        return self._answer
+
+
 class OcrKind(JobKind):
     name = "ocr"
     description = "Read the text of an uploaded image or PDF (PaddleOCR or Tesseract), page by page."
@@ -41,10 +65,7 @@ class OcrKind(JobKind):
         """Claim OCR jobs only where an engine runs or may start (service/ocr/tokens.py): a
         worker whose engine is warm takes the next job, and no worker builds a third engine
         while two sit idle elsewhere until their TTL."""
-        def gate() -> bool:
-            tokens = get_cache(config).tokens
-            return tokens is None or tokens.free_or_held()
-        return gate
+        return EngineGate(config)
 
     def validate(self, params: Mapping[str, Any], config: Mapping[str, Any]) -> dict:
         documents.check_unknown(params, PARAMS)
