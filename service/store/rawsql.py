@@ -127,19 +127,20 @@ def write(engine: sa.Engine, fn, *args, **kwargs):
         fairy = engine.raw_connection()
         dbapi = fairy.dbapi_connection
         try:
-            if sqlite:
-                _set_busy_timeout(fairy, dbapi, 0)   # writers wait in _begin_immediate instead
-                database._begin_immediate(dbapi)
-            try:
-                out = fn(Tx(dbapi, sqlite), *args, **kwargs)
+            with database.writer_turn(engine):
                 if sqlite:
-                    dbapi.execute("COMMIT")
-                else:
-                    dbapi.commit()
-                return out
-            except BaseException:
-                _rollback(dbapi, sqlite)
-                raise
+                    _set_busy_timeout(fairy, dbapi, 0)   # writers wait in the queue and _begin_immediate
+                    database._begin_immediate(dbapi)
+                try:
+                    out = fn(Tx(dbapi, sqlite), *args, **kwargs)
+                    if sqlite:
+                        dbapi.execute("COMMIT")
+                    else:
+                        dbapi.commit()
+                    return out
+                except BaseException:
+                    _rollback(dbapi, sqlite)
+                    raise
         except Exception as exc:
             if not _is_db_error(exc) or not _is_lock_error(exc) or attempt == database.WRITE_RETRIES - 1:
                 raise
