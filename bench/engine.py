@@ -11,6 +11,9 @@ N no-op jobs per system, submitted by C client threads while the workers run the
                     gunicorn profile, POSTed to by the same client code as ilgun-http; it parses,
                     checks the token and answers 202, no job: submits only, the HTTP ceiling
 
+The HTTP rows submit with http.client (--http-client stdlib, default) or requests (--http-client
+requests; both: stdlib,requests): the client shares the machine's cores with the server.
+
 Prints one table (jobs/s from first submit to last finish, the ratio to Celery, and the
 submit -> start latency), how much of the floor ilgun-http reaches, and writes it all as JSON
 to bench/results/engine-<timestamp>.json.
@@ -20,6 +23,7 @@ to bench/results/engine-<timestamp>.json.
     python bench/engine.py --poll-interval default --poll-interval 0.05   # ilgun at both
     python bench/engine.py --systems ilgun-http,flask-floor                # a subset
     python bench/engine.py --systems ilgun-http,celery --rounds 5          # medians over 5 rounds
+    python bench/engine.py --systems ilgun-http,flask-floor --http-client stdlib,requests   # both clients
     python bench/engine.py --systems ilgun-http,celery --database-url pg --hosts 2   # PostgreSQL, 2 hosts
 
 Only 127.0.0.1 is contacted. Every process started is stopped on exit, Ctrl-C included.
@@ -42,6 +46,7 @@ from bench_support import (BenchError, interrupt_on_signals, package_version, re
 
 SYSTEMS = ("ilgun-http", "ilgun-in-process", "rq", "celery", "flask-floor")
 QUICK_JOBS = 300
+HTTP_CLIENTS = ("stdlib", "requests")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -64,6 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="ilgun-http only: gunicorn masters ('hosts', 3 workers each with the medium profile) "
                         "on one PostgreSQL database and one files root; client threads send submit i to "
                         "host i mod N (default 1; more than 1 needs --database-url pg or a postgresql URL)")
+    p.add_argument("--http-client", default="stdlib",
+                   help="the HTTP rows' submitting library: stdlib (http.client, default) or requests; "
+                        "comma-separated to run each HTTP row with each (see README: the client shares the 2 cores)")
     p.add_argument("--timeout", type=float, default=300,
                    help="seconds allowed per system for submitting, and again for finishing (default 300)")
     p.add_argument("--out", type=Path, help="JSON results path (default bench/results/engine-<timestamp>.json)")
@@ -87,12 +95,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if "ilgun-http" not in args.systems:
             p.error("--hosts applies to ilgun-http only; add it to --systems")
     args.poll_intervals = [None if v == "default" else float(v) for v in (args.poll_interval or ["default"])]
+    args.http_clients = [c.strip() for c in args.http_client.split(",") if c.strip()]
+    if not args.http_clients or set(args.http_clients) - set(HTTP_CLIENTS):
+        p.error(f"--http-client: one or more of {', '.join(HTTP_CLIENTS)}")
     return args
 
 
-def _ilgun_label(system: str, poll: float | None, database_url: str = "", hosts: int = 1) -> str:
-    """e.g. ``ilgun-http``, ``ilgun-http pg``, ``ilgun-http pg 2 hosts poll=0.05s``."""
+def _ilgun_label(system: str, poll: float | None, database_url: str = "", hosts: int = 1,
+                 client: str = "stdlib") -> str:
+    """e.g. ``ilgun-http``, ``ilgun-http pg``, ``ilgun-http pg 2 hosts poll=0.05s``,
+    ``ilgun-http requests`` (submitted with requests rather than http.client)."""
     parts = [system]
+    if client != "stdlib":
+        parts.append(client)
     if database_url == "pg" or database_url.startswith("postgresql"):
         parts.append("pg")
     if hosts > 1:
@@ -113,15 +128,22 @@ def run_all(args: argparse.Namespace, log_dir: Path, order: list[str]) -> list[d
         print(f"== {system}", file=sys.stderr, flush=True)
         try:
             if system == "flask-floor":
-                rows.append(run_floor(FloorOptions(jobs=args.jobs, clients=args.clients, timeout=args.timeout,
-                                                   log_dir=log_dir, profile=args.profile), system=FLOOR_LABEL))
+                for client in args.http_clients:
+                    rows.append(run_floor(FloorOptions(jobs=args.jobs, clients=args.clients, timeout=args.timeout,
+                                                       log_dir=log_dir, profile=args.profile, http_client=client),
+                                          system=FLOOR_LABEL + ("" if client == "stdlib" else f" {client}")))
             elif system in runners:
                 hosts = args.hosts if system == "ilgun-http" else 1
+                # in-process submits use no HTTP client
+                clients = args.http_clients if system == "ilgun-http" else ["stdlib"]
                 for poll in args.poll_intervals:
-                    opts = IlgunOptions(jobs=args.jobs, clients=args.clients, timeout=args.timeout,
-                                        log_dir=log_dir, profile=args.profile, poll_interval=poll,
-                                        database_url=args.database_url, keep_data=args.keep_data, hosts=hosts)
-                    rows.append(runners[system](opts, system=_ilgun_label(system, poll, args.database_url, hosts)))
+                    for client in clients:
+                        opts = IlgunOptions(jobs=args.jobs, clients=args.clients, timeout=args.timeout,
+                                            log_dir=log_dir, profile=args.profile, poll_interval=poll,
+                                            database_url=args.database_url, keep_data=args.keep_data, hosts=hosts,
+                                            http_client=client)
+                        rows.append(runners[system](opts, system=_ilgun_label(system, poll, args.database_url,
+                                                                              hosts, client)))
             else:
                 opts = PeerOptions(jobs=args.jobs, clients=args.clients, timeout=args.timeout, log_dir=log_dir)
                 rows.append((run_rq if system == "rq" else run_celery)(opts, dict(os.environ)))
@@ -146,13 +168,14 @@ def _is_floor(row: dict) -> bool:
 
 
 def floor_comparison(rows: list[dict]) -> list[dict]:
-    """ilgun-http's jobs/s as a share of the flask+gunicorn floor's requests/s (one per ilgun-http row)."""
-    floor = next((r for r in rows if _is_floor(r) and r.get("jobs_per_s")), None)
-    if floor is None:
-        return []
+    """ilgun-http's jobs/s as a share of the flask+gunicorn floor's requests/s (one per ilgun-http row,
+    against the floor row submitted with the same HTTP client)."""
     out = []
     for r in rows:
-        if r["system"].startswith("ilgun-http") and r.get("jobs_per_s"):
+        client = r.get("notes", {}).get("http_client")
+        floor = next((f for f in rows if _is_floor(f) and f.get("jobs_per_s")
+                      and f["notes"].get("http_client") == client), None)
+        if r["system"].startswith("ilgun-http") and r.get("jobs_per_s") and floor is not None:
             submits = r.get("submits_per_s")
             out.append({"system": r["system"], "floor": floor["system"],
                         "percent_of_floor": round(100 * r["jobs_per_s"] / floor["jobs_per_s"], 1),

@@ -2,8 +2,8 @@
 Flask under gunicorn serves on this machine when the route does nothing but what any such
 service must (parse the JSON, check the bearer token, answer 202): bench/floor_app.py.
 
-It is driven exactly as ilgun-http is: the same ``HttpClient`` code (one requests.Session per
-client thread, the same body and Authorization header), the same ``SubmitThreads`` with the
+It is driven exactly as ilgun-http is: the same ``HttpClient`` code (one keep-alive connection per
+client thread, the same library, body and Authorization header), the same ``SubmitThreads`` with the
 same N and thread count, and gunicorn with ilgun's profile (gthread, its workers x threads).
 There is no job, so its "jobs/s" is requests/s: N / (last response - first submit).
 """
@@ -37,6 +37,7 @@ class FloorOptions:
     timeout: float          # seconds allowed for submitting
     log_dir: Path
     profile: str = "medium"  # ILGUN_PROFILE whose workers x threads the floor's gunicorn uses
+    http_client: str = "requests"  # the submitting library, as for ilgun-http (HttpClient)
 
 
 def ilgun_profile(name: str):
@@ -66,6 +67,7 @@ class FloorServer(HttpClient):
         self.log_path = opts.log_dir / f"{file_label}-gunicorn.log"
         secret = secrets.token_urlsafe(48)
         self.token = _access_token(secret)
+        self.http_client = opts.http_client
         self._local = threading.local()
         self.proc = None
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ILGUN_", "GUNICORN_", "FLOOR_"))}
@@ -141,7 +143,7 @@ def run_floor(opts: FloorOptions, system: str = LABEL) -> dict:
             system, requested=opts.jobs, first_submit=submitters.first_submit_at,
             last_submit=submitters.last_submit_at, finished_at=[t for t in done_at if t is not None],
             latencies=[], failed=0, submit_errors=submitters.errors, cpu_seconds=cpu,
-            notes={"submits_only": True,
+            notes={"submits_only": True, "http_client": opts.http_client,
                    "what": "no job: POST /api/v1/jobs parsed, bearer token checked with PyJWT HS256, 202 "
                            "answered (bench/floor_app.py); jobs/s = responses / (last response - first submit)",
                    "submit_path": f"HTTP POST /api/v1/jobs, {opts.clients} client threads (same client code "

@@ -16,6 +16,7 @@ database for each run (``bench_database``), dropped when the run ends and, whate
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -25,6 +26,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
@@ -33,6 +35,7 @@ from bench_support import (BENCH_DIR, REPO_ROOT, BenchError, CpuMeter, SubmitThr
                            venv_tool, wait_for)
 
 NOOP_JOB = {"kind": "sleep", "params": {"duration": 0, "steps": 1}}
+NOOP_BODY = json.dumps(NOOP_JOB).encode()
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 ADMIN = "admin"
 HTTP_TIMEOUT = 30
@@ -56,6 +59,7 @@ class IlgunOptions:
                                    # per run (bench_database); else passed through as DATABASE_URL
     keep_data: bool = False
     hosts: int = 1                 # gunicorn masters on the one database (>1 needs PostgreSQL)
+    http_client: str = "requests"  # the submitting library (HttpClient): requests or stdlib
 
 
 def is_postgres(database_url: str) -> bool:
@@ -151,11 +155,18 @@ def bench_database(database_url: str):
 
 class HttpClient:
     """The submitting side of ilgun-http, shared with the flask+gunicorn floor
-    (bench/floor_runner.py) so both are driven by the same code: one requests.Session per
-    client thread carrying ``Authorization: Bearer <token>``, and ``POST /api/v1/jobs``.
-    Subclasses set ``base``, ``token`` and ``_local`` (a threading.local)."""
+    (bench/floor_runner.py) so both are driven by the same code: per client thread one
+    keep-alive connection carrying ``Authorization: Bearer <token>``, and ``POST /api/v1/jobs``.
+
+    ``http_client`` picks the library: ``requests`` (a requests.Session per thread) or
+    ``stdlib`` (an http.client.HTTPConnection per thread and server). Why both: the client runs
+    on the same 2 cores as the system under test, and requests spends ~0.6 ms of CPU per POST
+    there (urllib3's pool, hooks, header merging), about what Celery's whole apply_async costs;
+    http.client sends the same bytes for a fraction of that. Subclasses set ``base``, ``token``
+    and ``_local`` (a threading.local)."""
     base: str
     token: str | None
+    http_client: str = "requests"
 
     def _session(self) -> requests.Session:
         s = getattr(self._local, "session", None)
@@ -170,8 +181,39 @@ class HttpClient:
             raise BenchError(f"{method} {path} -> {r.status_code}: {r.text[:200]}")
         return r.json()["data"]
 
-    def submit_http(self, _i: int) -> str:
-        return self.api("POST", "/api/v1/jobs", json=NOOP_JOB)["id"]
+    def submit_http(self, i: int) -> str:
+        return self.post_job(self.base)
+
+    def post_job(self, base: str) -> str:
+        """POST the no-op job to ``base``; its id."""
+        if self.http_client == "stdlib":
+            status, body = self._stdlib_post(base, "/api/v1/jobs", NOOP_BODY)
+        else:
+            r = self._session().post(base + "/api/v1/jobs", json=NOOP_JOB, timeout=HTTP_TIMEOUT)
+            status, body = r.status_code, r.content
+        if status >= 400:
+            raise BenchError(f"POST /api/v1/jobs -> {status}: {body[:200]!r}")
+        return json.loads(body)["data"]["id"]
+
+    def _stdlib_post(self, base: str, path: str, body: bytes) -> tuple[int, bytes]:
+        conns = getattr(self._local, "conns", None)
+        if conns is None:
+            conns = self._local.conns = {}
+        conn = conns.get(base)
+        if conn is None:
+            host, port = urlsplit(base).hostname, urlsplit(base).port
+            conn = conns[base] = http.client.HTTPConnection(host, port, timeout=HTTP_TIMEOUT)
+        try:
+            # http.client reconnects by itself after a response that closed the connection
+            # (gunicorn's max_requests recycling); any other failure counts as a failed submit
+            conn.request("POST", path, body, {"Authorization": f"Bearer {self.token}",
+                                              "Content-Type": "application/json"})
+            response = conn.getresponse()
+            return response.status, response.read()
+        except BaseException:
+            conn.close()
+            del conns[base]
+            raise
 
 
 class IlgunServer(HttpClient):
@@ -300,6 +342,7 @@ class IlgunHosts(HttpClient):
         self.bases = [s.base for s in self.servers]
         self.database_url = database_url
         self.token = None
+        self.http_client = opts.http_client
         self._local = threading.local()
 
     def start(self) -> "IlgunHosts":
@@ -322,11 +365,7 @@ class IlgunHosts(HttpClient):
 
     # -- HTTP (submitting: HttpClient) ---------------------------------------------------
     def submit_http(self, i: int) -> str:
-        base = self.bases[i % len(self.bases)]
-        r = self._session().post(base + "/api/v1/jobs", json=NOOP_JOB, timeout=HTTP_TIMEOUT)
-        if r.status_code >= 400:
-            raise BenchError(f"POST /api/v1/jobs -> {r.status_code}: {r.text[:200]}")
-        return r.json()["data"]["id"]
+        return self.post_job(self.bases[i % len(self.bases)])
 
     def stats(self) -> dict:
         return self.api("GET", "/api/v1/stats")
@@ -400,6 +439,7 @@ def _result(server: IlgunHosts, system: str, ids: list[str], first_submit: float
              + (" (created for this run by --database-url pg, dropped after it)"
                 if server.opts.database_url == PG_SPECIAL else ""),
              "hosts": len(server.servers),
+             "http_client": server.http_client if system.startswith("ilgun-http") else None,
              "retried_jobs": sum(1 for r in ok if r["attempt"] > 1),
              **extra_notes, **server.log_findings()}
     return summarize(system, requested=server.opts.jobs, first_submit=first_submit, last_submit=last_submit,
