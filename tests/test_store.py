@@ -89,6 +89,7 @@ def test_wal_mode_and_pragmas(sqlite_engine):
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == database.WAL_AUTOCHECKPOINT_PAGES == 10_000
 
 
 def test_concurrent_claims_never_hand_out_a_job_twice(db_url, users):
