@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import logging
+import os
 import random
 import sqlite3
 import threading
