@@ -181,7 +181,7 @@ class HttpClient:
             raise BenchError(f"{method} {path} -> {r.status_code}: {r.text[:200]}")
         return r.json()["data"]
 
-    def submit_http(self, i: int) -> str:
+    def submit_http(self, _i: int) -> str:
         return self.post_job(self.base)
 
     def post_job(self, base: str) -> str:
@@ -201,8 +201,8 @@ class HttpClient:
             conns = self._local.conns = {}
         conn = conns.get(base)
         if conn is None:
-            host, port = urlsplit(base).hostname, urlsplit(base).port
-            conn = conns[base] = http.client.HTTPConnection(host, port, timeout=HTTP_TIMEOUT)
+            parts = urlsplit(base)
+            conn = conns[base] = http.client.HTTPConnection(parts.hostname, parts.port, timeout=HTTP_TIMEOUT)
         try:
             # http.client reconnects by itself after a response that closed the connection
             # (gunicorn's max_requests recycling); any other failure counts as a failed submit
