@@ -13,13 +13,13 @@ import io
 import os
 import sqlite3
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import assert_error, assert_ok, sign_up
+from tests.integration.gunicorn_harness import LoopbackHTTPServer
 from tests.test_openapi import Conformance
 
 TMPFS_BYTES = 2 * 1024 * 1024
@@ -50,7 +50,7 @@ def tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
 
 
-class Origin:
+class Origin(LoopbackHTTPServer):
     """127.0.0.1: /big (larger than the tmpfs), /small, /page.html."""
 
     def __init__(self):
@@ -76,21 +76,16 @@ class Origin:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler, name="disk-full-origin")
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.start()
 
 
 @pytest.fixture
 def origin():
     server = Origin()
     yield server
-    server.close()
+    server.stop()
 
 
 @pytest.fixture

@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from tests.conftest import sign_up
+from tests.integration.gunicorn_harness import LoopbackHTTPServer
 
 PAYLOAD = b"ilgun " * 20_000  # 120,000 bytes
 
 
-class Origin:
+class Origin(LoopbackHTTPServer):
     """A local origin server that counts requests per path."""
 
     def __init__(self):
@@ -55,21 +55,16 @@ class Origin:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler, name="download-origin")
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.start()
 
 
 @pytest.fixture
 def origin():
     server = Origin()
     yield server
-    server.close()
+    server.stop()
 
 
 def test_download_succeeds_with_checksum_and_file(alice, dispatcher, origin):

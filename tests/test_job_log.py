@@ -29,7 +29,7 @@ def app_factory(database_url, app_factory):
 def origin():
     server = Origin()
     yield server
-    server.close()
+    server.stop()
 
 
 def _log(api, job_id, **query):

@@ -3,9 +3,8 @@ route that does not exist), and real answers match it; the docs page loads only 
 from __future__ import annotations
 
 import re
-import threading
 from html.parser import HTMLParser
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from openapi_schema_validator import OAS30Validator, oas30_format_checker
@@ -14,6 +13,7 @@ from openapi_spec_validator import validate as validate_spec
 from service.kinds import KINDS
 from service.web.openapi_schemas import KIND_PARAMS
 from tests.conftest import sign_up
+from tests.integration.gunicorn_harness import LoopbackHTTPServer
 
 METHODS = {"get", "put", "post", "delete", "patch"}
 DOCS_ENDPOINTS = {"static", "openapi.docs", "openapi.docs_init", "openapi.docs_asset"}
@@ -257,9 +257,7 @@ def test_job_answers_match_the_document(app, client, conform, admin, alice):
     conform(admin.delete(url), "delete", url, 404)
 
 
-class _Origin(ThreadingHTTPServer):
-    daemon_threads = True
-
+class _Origin(LoopbackHTTPServer):
     def __init__(self):
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
@@ -272,8 +270,8 @@ class _Origin(ThreadingHTTPServer):
 
             def log_message(self, *args):
                 pass
-        super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        super().__init__(Handler, name="openapi-origin")
+        self.start()
 
 
 def test_finished_jobs_files_and_results_match_the_document(app, doc, client, conform, admin, alice, dispatcher):
@@ -281,11 +279,10 @@ def test_finished_jobs_files_and_results_match_the_document(app, doc, client, co
     try:
         done = admin.wait(admin.submit("sleep", {"duration": 0, "write_file": True}).get_json()["data"]["id"])
         failed = admin.wait(admin.submit("sleep", {"duration": 0, "fail": "permanent"}).get_json()["data"]["id"])
-        fetched = alice.submit("download", {"url": f"http://127.0.0.1:{origin.server_address[1]}/go"})
+        fetched = alice.submit("download", {"url": f"http://127.0.0.1:{origin.port}/go"})
         fetched = alice.wait(fetched.get_json()["data"]["id"])
     finally:
-        origin.shutdown()
-        origin.server_close()
+        origin.stop()
     assert (done["status"], failed["status"], fetched["status"]) == ("succeeded", "failed", "succeeded"), fetched
     schemas = doc["components"]["schemas"]
     for job, result in ((done, "SleepResult"), (fetched, "DownloadResult")):
