@@ -143,6 +143,10 @@ class WriterQueue:
         self._fd: int | None = None
         self._pid: int | None = None
 
+    def held_here(self) -> bool:
+        """True on a thread inside its turn."""
+        return getattr(self._local, "holding", False)
+
     def _file(self) -> int:
         if self._pid != os.getpid():  # a forked child: a descriptor of its own, not the parent's
             if self._fd is not None:
@@ -152,7 +156,7 @@ class WriterQueue:
 
     @contextlib.contextmanager
     def turn(self):
-        if getattr(self._local, "holding", False):
+        if self.held_here():
             yield
             return
         if not self._thread_lock.acquire(timeout=LOCK_WAIT_SECONDS):
@@ -179,10 +183,15 @@ def writer_turn(engine: sa.Engine):
     """A context manager holding this process's turn to write to ``engine``'s SQLite file (one
     WriterQueue per file, whichever engine opened it); a no-op on PostgreSQL, for an in-memory
     database, or where the lock file cannot be made."""
+    queue = writer_queue(engine)
+    return queue.turn() if queue is not None else contextlib.nullcontext()
+
+
+def writer_queue(engine: sa.Engine) -> "WriterQueue | None":
     queue = engine.__dict__.get("_ilgun_writer_queue", False)
     if queue is False:
         queue = engine._ilgun_writer_queue = _queue_for(engine)
-    return queue.turn() if queue is not None else contextlib.nullcontext()
+    return queue
 
 
 def _queue_for(engine: sa.Engine) -> WriterQueue | None:

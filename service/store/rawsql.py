@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import random
 import re
 import time
@@ -23,6 +24,7 @@ import time
 import sqlalchemy as sa
 
 from service.store import database
+from service.store.write_group import WriteGroup
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +121,31 @@ def _set_busy_timeout(fairy, dbapi, ms: int) -> None:
 
 
 def write(engine: sa.Engine, fn, *args, **kwargs):
-    """Run ``fn(tx, *args, **kwargs)`` in one write transaction, retrying lock errors like
-    database.write(); ``fn`` must be safe to re-run from the start."""
+    """Run ``fn(tx, *args, **kwargs)`` in a write transaction, retrying lock errors like
+    database.write(); ``fn`` must be safe to re-run from the start. On SQLite the writes waiting
+    in this process share one transaction (write_group.py); ``fn`` must then not depend on the
+    thread it runs on."""
+    group = _group_for(engine)
+    if group is None:
+        return _write_alone(engine, fn, *args, **kwargs)
+    return group.run(functools.partial(fn, *args, **kwargs) if args or kwargs else fn)
+
+
+def _group_for(engine: sa.Engine) -> WriteGroup | None:
+    """This process's write group for ``engine`` (SQLite with a WriterQueue), else None. None
+    too inside a turn: a write nested in another fails on SQLite's lock, as it always did,
+    instead of waiting for itself."""
+    queue = database.writer_queue(engine)
+    if queue is None or queue.held_here():
+        return None
+    group = engine.__dict__.get("_ilgun_write_group")
+    if group is None or group[0] != os.getpid():   # a forked child starts its own
+        group = engine._ilgun_write_group = (os.getpid(), WriteGroup(
+            functools.partial(_commit_batch, engine), database.LOCK_WAIT_SECONDS))
+    return group[1]
+
+
+def _write_alone(engine: sa.Engine, fn, *args, **kwargs):
     sqlite = database.is_sqlite(engine)
     delay = 0.01
     for attempt in range(database.WRITE_RETRIES):
@@ -150,6 +175,92 @@ def write(engine: sa.Engine, fn, *args, **kwargs):
         finally:
             fairy.close()
     raise AssertionError("unreachable")
+
+
+class _Retry(Exception):
+    """A write of the batch met a lock error: the whole batch rolls back and is tried again."""
+
+
+def _commit_batch(engine: sa.Engine, take) -> list:
+    """One SQLite write transaction for the requests ``take()`` hands over once the write lock
+    is held (write_group), run in their order. Fills in each one's result or error and returns
+    them; lock errors retry the batch like _write_alone."""
+    requests = None
+    delay = 0.01
+    for attempt in range(database.WRITE_RETRIES):
+        try:
+            fairy = engine.raw_connection()
+        except Exception as error:
+            exc = error
+        else:
+            dbapi = fairy.dbapi_connection
+            try:
+                with database.writer_turn(engine):
+                    _set_busy_timeout(fairy, dbapi, 0)
+                    database._begin_immediate(dbapi)
+                    if requests is None:
+                        requests = take()
+                    try:
+                        _commit_in_turn(dbapi, requests)
+                    except BaseException:
+                        _rollback(dbapi, True)
+                        raise
+                for r in requests:
+                    r.done = True
+                return requests
+            except _Retry as retry:
+                exc = retry.__cause__
+            except Exception as error:
+                exc = error
+            finally:
+                fairy.close()
+        if not _is_db_error(exc) or not _is_lock_error(exc) or attempt == database.WRITE_RETRIES - 1:
+            requests = take() if requests is None else requests
+            for r in requests:   # the transaction did not commit: every write of it failed
+                r.result, r.error, r.done = None, exc, True
+            return requests
+        log.warning("database busy, retrying write (%s)", exc)
+        time.sleep(delay * (1 + random.random()))
+        delay = min(delay * 2, 0.5)
+    raise AssertionError("unreachable")
+
+
+def _commit_in_turn(dbapi, requests: list) -> None:
+    if _run_batch(dbapi, requests, savepoints=False):
+        dbapi.execute("COMMIT")
+    elif len(requests) > 1:
+        # a write failed: undo the batch and run it again with each write in a savepoint, so
+        # only the failing one is rolled back
+        _rollback(dbapi, True)
+        database._begin_immediate(dbapi)
+        _run_batch(dbapi, requests, savepoints=True)
+        dbapi.execute("COMMIT")
+    else:
+        _rollback(dbapi, True)   # the only write failed: nothing to keep
+
+
+def _run_batch(dbapi, requests: list, savepoints: bool) -> bool:
+    """Run each request's write; False (fast path) as soon as one raises."""
+    tx = Tx(dbapi, True)
+    for r in requests:
+        r.result, r.error = None, None
+        if savepoints:
+            dbapi.execute("SAVEPOINT ilgun_write")
+        try:
+            r.result = r.fn(tx)
+        except Exception as exc:
+            if _is_db_error(exc) and _is_lock_error(exc):
+                raise _Retry() from exc
+            if not savepoints:
+                r.error = exc
+                return False
+            if not dbapi.in_transaction:
+                raise   # SQLite rolled the whole transaction back (disk full, I/O error): all fail with it
+            dbapi.execute("ROLLBACK TO ilgun_write")
+            r.error = exc
+        if savepoints:
+            dbapi.execute("RELEASE ilgun_write")
+    return True
 
 
 def read(engine: sa.Engine, fn, *args, **kwargs):
