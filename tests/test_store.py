@@ -153,6 +153,30 @@ def test_global_limit_across_claimers(engine, users):
     assert claims.claim("w2", 5, {"sleep": policy}, 30) == []
 
 
+@pytest.mark.parametrize("limit, running_before, expected_limited", [(2, 0, 2), (2, 1, 1), (1, 1, 0)])
+def test_limits_hold_when_unlimited_jobs_are_claimed_first_in_the_same_claim(engine, users, limit, running_before,
+                                                                            expected_limited):
+    """On SQLite the running jobs are counted only when a limited kind's job comes up: the count
+    must see what this claim took before it (the jobs claimed in the same transaction) exactly
+    once, and what was running already."""
+    store, claims = JobStore(engine), ClaimStore(engine)
+    limited = KindPolicy("limited", global_limit=limit)
+    policies = {"sleep": SLEEP, "limited": limited}
+    for _ in range(running_before):
+        store.submit(users[0], limited, {}, BOUNDS)
+        assert len(claims.claim("w0", 1, {"limited": limited}, 30)) == 1
+    store.submit(users[0], SLEEP, {}, BOUNDS)
+    store.submit(users[1], SLEEP, {}, BOUNDS)
+    for u in users:
+        store.submit(u, limited, {}, BOUNDS)
+    got = claims.claim("w1", 10, policies, 30)
+    kinds = [j["kind"] for j in got]
+    assert kinds.count("sleep") == 2 and kinds.count("limited") == expected_limited, kinds
+    with engine.connect() as conn:
+        running = conn.exec_driver_sql("SELECT count(*) FROM jobs WHERE kind = 'limited' AND status = 'running'")
+        assert running.scalar_one() == running_before + expected_limited <= limit
+
+
 def test_refuse_mode_limit_is_atomic_under_racing_submits(db_url, users):
     policy = KindPolicy("crawlish", per_user_limit=1, over_limit="refuse")
     results = []
@@ -346,9 +370,12 @@ def test_fresh_database_gets_planner_stats_that_pick_the_partial_indexes(sqlite_
 
     claim = plan(ClaimStore._next_query(now, {"sleep": SLEEP}, {}, {}))
     assert "ix_jobs_queued" in claim and "TEMP B-TREE" not in claim, claim
-    mine = plan(sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status == "queued",
-                                                                   jobs.c.owner_id == users[0]))
-    assert "ix_jobs_queued_owner" in mine, mine
+    # the submit's two bounds, one statement: both counts read the queued rows' partial index
+    from service.store.jobs import _COUNT_QUEUED_MINE_AND_ALL
+    bounds = plan((_COUNT_QUEUED_MINE_AND_ALL, {"owner": users[0]}))
+    assert "SEARCH jobs USING INDEX ix_jobs_queued_owner (owner_id=?)" in bounds, bounds
+    assert bounds.count("ix_jobs_queued") == 2 and "SCAN jobs " not in bounds.replace(
+        "SCAN jobs USING INDEX ix_jobs_queued", ""), bounds
     listing = plan(sa.select(jobs).where(jobs.c.owner_id == users[0]).order_by(jobs.c.created_at.desc()).limit(20))
     assert "ix_jobs_owner_created" in listing and "TEMP B-TREE" not in listing, listing
     fresh.dispose()

@@ -46,6 +46,15 @@ _AVERAGE = ("INSERT INTO kind_stats (kind, avg_seconds, samples, updated_at) VAL
             "samples = kind_stats.samples + 1, updated_at = excluded.updated_at")
 
 
+def _running_counts(t: rawsql.Tx) -> tuple[Counter, Counter]:
+    """Running jobs per kind and per (kind, owner)."""
+    per_kind, per_pair = Counter(), Counter()
+    for kind, owner, count in t.fetchall(_RUNNING_COUNTS):
+        per_kind[kind] += count
+        per_pair[(kind, owner)] += count
+    return per_kind, per_pair
+
+
 class ClaimStore:
     def __init__(self, engine: sa.Engine, clock=time.time, log_keep: int = job_logs.KEEP_LINES):
         self.engine = engine
@@ -72,16 +81,24 @@ class ClaimStore:
         now = self.clock()
         room = dict(room or {})
         policies = {k: p for k, p in policies.items() if room.get(k, 1) > 0}
-        per_kind, per_pair = Counter(), Counter()
-        for kind, owner, count in t.fetchall(_RUNNING_COUNTS):
-            per_kind[kind] += count
-            per_pair[(kind, owner)] += count
+        # On SQLite the running jobs are counted only once a candidate of a kind with running
+        # limits comes up: most claims take a job of an unlimited kind, and the count was one
+        # statement of every claim under the write lock. (PostgreSQL counts first, so that its
+        # FOR UPDATE never locks a candidate the limits exclude.)
+        counted = not t.sqlite
+        per_kind, per_pair = _running_counts(t) if counted else (Counter(), Counter())
         claimed = []
         while len(claimed) < n and policies:
             row = self._next_claimable(t, now, policies, per_kind, per_pair)
             if row is None:
                 break
             kind, owner = row["kind"], row["owner_id"]
+            if not counted and policies[kind].limited:
+                # counted in this transaction, so the jobs claimed above are in the figures
+                per_kind, per_pair = _running_counts(t)
+                counted = True
+                if policies[kind].full(per_kind[kind], per_pair[(kind, owner)]):
+                    continue  # now excluded by _next_query's filters
             if not t.sqlite and policies[kind].limited:
                 t.pg_lock(kind_lock(kind))   # held to commit: the next claimer of this kind recounts after us
                 per_kind[kind] = 0
