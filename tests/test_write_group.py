@@ -54,6 +54,13 @@ def _named(name, result=None, error=None):
     return fn
 
 
+def _run_all(requests):
+    """What a commit function does for requests that all succeed."""
+    for r in requests:
+        r.result, r.done = r.fn(), True
+    return requests
+
+
 def _in_thread(group, fn, out, key):
     def target():
         try:
@@ -110,9 +117,7 @@ def test_the_lead_passes_to_a_writer_that_arrived_during_the_leaders_transaction
         if len(batches) == 1:
             started.set()
             assert release.wait(5)   # "b" arrives while "a"'s transaction runs
-        for r in requests:
-            r.result, r.done = r.fn(), True
-        return requests
+        return _run_all(requests)
     group = WriteGroup(commit, wait_limit=5)
     out = {}
     a = _in_thread(group, _named("a"), out, "a")
@@ -134,9 +139,7 @@ def test_an_interrupt_in_the_leader_reaches_every_write_of_its_batch_and_nobody_
         calls.append(len(requests))
         if len(calls) == 1:
             raise KeyboardInterrupt
-        for r in requests:
-            r.result, r.done = r.fn(), True
-        return requests
+        return _run_all(requests)
     group = WriteGroup(commit, wait_limit=5)
     with pytest.raises(KeyboardInterrupt):
         group.run(_named("a"))
@@ -154,9 +157,7 @@ def test_a_writer_behind_a_stuck_leader_goes_alone_after_the_wait_limit():
             assert release.wait(10)
         else:
             alone.append([r.fn.__name__ for r in requests])
-        for r in requests:
-            r.result, r.done = r.fn(), True
-        return requests
+        return _run_all(requests)
     group = WriteGroup(commit, wait_limit=0.2)
     out = {}
     stuck = _in_thread(group, _named("stuck"), out, "stuck")
