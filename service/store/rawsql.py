@@ -181,10 +181,10 @@ class _Retry(Exception):
     """A write of the batch met a lock error: the whole batch rolls back and is tried again."""
 
 
-def _commit_batch(engine: sa.Engine, take) -> list:
+def _commit_batch(engine: sa.Engine, take) -> None:
     """One SQLite write transaction for the requests ``take()`` hands over once the write lock
-    is held (write_group), run in their order. Fills in each one's result or error and returns
-    them; lock errors retry the batch like _write_alone."""
+    is held (write_group), run in their order. Fills in each one's result or error; lock errors
+    retry the batch like _write_alone."""
     requests = None
     delay = 0.01
     for attempt in range(database.WRITE_RETRIES):
@@ -207,7 +207,7 @@ def _commit_batch(engine: sa.Engine, take) -> list:
                         raise
                 for r in requests:
                     r.done = True
-                return requests
+                return
             except _Retry as retry:
                 exc = retry.__cause__
             except Exception as error:
@@ -218,7 +218,7 @@ def _commit_batch(engine: sa.Engine, take) -> list:
             requests = take() if requests is None else requests
             for r in requests:   # the transaction did not commit: every write of it failed
                 r.result, r.error, r.done = None, exc, True
-            return requests
+            return
         log.warning("database busy, retrying write (%s)", exc)
         time.sleep(delay * (1 + random.random()))
         delay = min(delay * 2, 0.5)

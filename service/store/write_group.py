@@ -48,10 +48,10 @@ class WriteGroup:
     """Writes waiting for one file's turn in this process. ``commit_batch(take)`` runs one
     transaction: once it holds the write lock it calls ``take()`` for the requests to run (all
     that are waiting by then, so writes that arrive while the leader waits for the lock ride
-    along), fills in each one's result or error (it must not raise for a request's own failure)
-    and returns what it took; the group decides who leads and who waits."""
+    along) and fills in each one's result or error (it must not raise for a request's own
+    failure); the group decides who leads and who waits."""
 
-    def __init__(self, commit_batch: Callable[[Callable[[], list]], list], wait_limit: float):
+    def __init__(self, commit_batch: Callable[[Callable[[], list]], None], wait_limit: float):
         self._commit_batch = commit_batch
         self._wait_limit = wait_limit
         self._mutex = threading.Lock()
@@ -93,10 +93,9 @@ class WriteGroup:
             while not request.done:
                 self._taken = []
                 try:
-                    batch = self._commit_batch(self._take)
+                    self._commit_batch(self._take)
                 except BaseException as exc:  # an interrupt mid-batch: nobody may wait forever
-                    batch = self._taken
-                    for r in batch:
+                    for r in self._taken:
                         if not r.done:
                             r.error, r.done = exc, True
                     raise
