@@ -5,6 +5,7 @@ This module knows nothing of HTTP: ``service.web.errors`` maps each class to a s
 from __future__ import annotations
 
 import errno
+import sqlite3
 
 
 class IlgunError(Exception):
@@ -104,17 +105,28 @@ DISK_FULL_ERRNOS = frozenset(n for n in (getattr(errno, "ENOSPC", None), getattr
                              if n is not None)
 
 
-def disk_full_cause(exc: BaseException | None) -> OSError | None:
-    """The ENOSPC/EDQUOT OSError behind ``exc``: itself, or one it was raised from or while
-    handling. Code that wraps OSErrors (a download's network errors, a document's "cannot
-    read") would otherwise hide a full disk behind its own, wrong, error code."""
+def _chain(exc: BaseException | None):
+    """``exc`` and every exception it was raised from or while handling."""
     todo, seen = [exc], set()
     while todo:
         exc = todo.pop()
         if exc is None or id(exc) in seen:
             continue
         seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
-            return exc
+        yield exc
         todo += [exc.__context__, exc.__cause__]
-    return None
+
+
+def disk_full_cause(exc: BaseException | None) -> OSError | None:
+    """The ENOSPC/EDQUOT OSError behind ``exc``: itself, or one it was raised from or while
+    handling. Code that wraps OSErrors (a download's network errors, a document's "cannot
+    read") would otherwise hide a full disk behind its own, wrong, error code."""
+    return next((e for e in _chain(exc) if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS), None)
+
+
+def database_full(exc: BaseException | None) -> bool:
+    """True if SQLite's "database or disk is full" (SQLITE_FULL) is behind ``exc``: the disk
+    under the database had no room for a write, which SQLite then rolled back. sqlite3 gives
+    no errno; its error code says it (SQLAlchemy raises its own error from sqlite3's)."""
+    return any(isinstance(e, sqlite3.Error) and getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+               for e in _chain(exc))

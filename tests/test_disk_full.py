@@ -308,3 +308,47 @@ def test_outputs_closed_on_a_full_disk_leave_no_partial_file(tmpfs):
     assert sorted(files_under(tmpfs)) == ["ballast"]
     ballast.unlink()
     assert free_bytes(tmpfs) >= TMPFS_BYTES - SLACK
+
+
+def test_a_database_on_a_full_disk_answers_507_loses_nothing_and_recovers(tmpfs, migrated_db):
+    """The database itself on the full disk (not only FILES_ROOT): SQLite's "database or disk is
+    full" reaches the client as 507 DISK_FULL, not a 500; every job accepted before is there, none
+    that was refused; once space is free, submitting works again and the file is intact."""
+    from tests.conftest import make_app
+    app = make_app(tmpfs, migrated_db, SLEEP_KIND_FOR_EVERYONE=True)
+    client = app.test_client()
+    alice = sign_up(app, client, "alice")
+    conform = Conformance(app, client.get("/api/v1/openapi.json").get_json())
+    filler = tmpfs / "filler"
+    with open(filler, "wb") as f:
+        with pytest.raises(OSError) as full_disk:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+    assert full_disk.value.errno == errno.ENOSPC
+    os.truncate(filler, filler.stat().st_size - 96 * 1024)   # room for some jobs, not many
+
+    accepted, refused = [], None
+    for _ in range(3000):
+        resp = alice.submit("sleep", {"duration": 0})
+        if resp.status_code != 202:
+            refused = resp
+            break
+        accepted.append(resp.get_json()["data"]["id"])
+    assert refused is not None, "the database's disk never filled"
+    body = assert_error(refused, 507, "DISK_FULL")
+    assert "database" in body["message"]
+    conform(refused, "post", "/api/v1/jobs", 507)
+    assert accepted, "no job fitted before the disk was full"
+
+    filler.unlink()
+    after = alice.submit("sleep", {"duration": 0})
+    assert after.status_code == 202, after.get_json()
+    listed = assert_ok(alice.get("/api/v1/jobs?page_size=100&page=1"))
+    ids = {j["id"] for j in listed["items"]}
+    for page in range(2, listed["total_pages"] + 1):
+        ids |= {j["id"] for j in assert_ok(alice.get(f"/api/v1/jobs?page_size=100&page={page}"))["items"]}
+    assert ids == set(accepted) | {after.get_json()["data"]["id"]}
+    app.extensions["ilgun"].engine.dispose()
+    with sqlite3.connect(tmpfs / "ilgun.db") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)

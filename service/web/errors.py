@@ -70,6 +70,10 @@ def status_for(exc: e.IlgunError) -> int:
     return 400
 
 
+DATABASE_FULL_MESSAGE = ("The database's disk is full; nothing was kept. Try again once space has been "
+                         "freed.")
+
+
 def init_app(app) -> None:
     @app.errorhandler(e.IlgunError)
     def _domain(exc: e.IlgunError):
@@ -89,6 +93,10 @@ def init_app(app) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
+        if e.database_full(exc):
+            # SQLite rolled the write back: nothing was kept, and the client may retry later
+            log.error("the database's disk is full: %s", exc)
+            return _domain(e.StorageFull(DATABASE_FULL_MESSAGE))
         # Never a stack trace to the client; the log has it.
         log.exception("unhandled error")
         return error_response(500, "INTERNAL_ERROR", "An internal error occurred.")
