@@ -21,8 +21,10 @@ from __future__ import annotations
 import html
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
+
+from tests.integration.gunicorn_harness import LoopbackHTTPServer
 
 SECTIONS, PAGES_PER_SECTION = 10, 20
 SLOW_SECONDS = 1.0
@@ -47,7 +49,7 @@ def content_pages() -> set[str]:
     return paths
 
 
-class CrawlSite:
+class CrawlSite(LoopbackHTTPServer):
     def __init__(self, sections: int = SECTIONS, pages: int = PAGES_PER_SECTION, filler: int = 0,
                  robots: str | None = ROBOTS, extra_links: str = ""):
         self.sections, self.pages, self.filler = sections, pages, "<p>" + "lorem ipsum " * filler + "</p>"
@@ -85,17 +87,14 @@ class CrawlSite:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        super().__init__(Handler, "crawl-site", poll_interval=0.05)
+        self.start()
 
     def url(self, path: str = "/", host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.stop()
 
     def fetched(self, path: str) -> int:
         with self.lock:

@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -20,6 +20,7 @@ from service.engine.context import RunContext
 from service.engine.kind import JobCancelled, JobFailed, TransientJobError
 from service.errors import UrlNotAllowed, ValidationError
 from service.kinds.download import DownloadKind
+from tests.integration.gunicorn_harness import LoopbackHTTPServer
 
 MAX_BYTES = 100_000
 CONFIG = {
@@ -33,8 +34,8 @@ CONFIG = {
 BODY = bytes(range(256)) * 200  # 51,200 bytes
 
 
-class LocalServer:
-    """A ThreadingHTTPServer on 127.0.0.1 that records every request path."""
+class LocalServer(LoopbackHTTPServer):
+    """An HTTP server on 127.0.0.1 that records every request path; serving once made."""
 
     def __init__(self, routes: dict):
         self.routes, self.paths = routes, []
@@ -56,16 +57,14 @@ class LocalServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        super().__init__(Handler, "download-origin", poll_interval=0.05)
+        self.start()
 
     def url(self, path: str = "/") -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+        return f"http://127.0.0.1:{self.port}{path}"
 
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.stop()
 
 
 def send(handler, status, body=b"", headers=None, length=True):

@@ -454,7 +454,7 @@ class LoopbackHTTPServer:
     """An HTTP server on 127.0.0.1 (a free port) running ``handler`` in daemon threads; ``start()``
     serves from a background thread, ``stop()`` shuts it down and waits for it."""
 
-    def __init__(self, handler, name: str, queue_size: int = 64):
+    def __init__(self, handler, name: str, queue_size: int = 64, poll_interval: float = 0.1):
         class Server(ThreadingHTTPServer):
             daemon_threads = True
             block_on_close = False
@@ -462,7 +462,7 @@ class LoopbackHTTPServer:
 
         self.httpd = Server(("127.0.0.1", 0), handler)
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": poll_interval},
                                        name=name, daemon=True)
 
     def start(self):
