@@ -12,7 +12,18 @@ import json
 import os
 
 import chaos
+import pytest
 from gunicorn_harness import log
+
+ROUNDS = int(os.environ.get("ILGUN_CHAOS_ROUNDS", "3"))
+PG_ROUNDS = int(os.environ.get("ILGUN_CHAOS_PG_ROUNDS", "1"))
+
+
+def _time_budget(rounds: int) -> int:
+    """pytest-timeout for a run of ``rounds``: a round takes about 10 s on 2 cores (up to ~15 s
+    with a slow drain), so 20 s each plus start-up; never below the suite's 300 s. A fixed 300 s
+    cut `make reliability CHAOS_ROUNDS=30` (or the documented 50) off in its last rounds."""
+    return max(300, 60 + 20 * rounds)
 
 
 def _seed() -> int | None:
@@ -32,16 +43,18 @@ def _check(summary: dict) -> None:
     assert summary["monitor"]["samples"] > 0, summary["monitor"]
 
 
+@pytest.mark.timeout(_time_budget(ROUNDS))
 def test_chaos_rounds_on_sqlite(ilgun_factory, slow_files):
-    rounds = int(os.environ.get("ILGUN_CHAOS_ROUNDS", "3"))
+    rounds = ROUNDS
     server = ilgun_factory(chaos.settings(), start=False, name="chaos")
     summary = chaos.Chaos(server, slow_files, rounds, seed=_seed(), out=chaos.ARTIFACTS / "chaos.json").run()
     log(f"chaos (sqlite) totals: {json.dumps(summary['totals'])}")
     _check(summary)
 
 
+@pytest.mark.timeout(_time_budget(PG_ROUNDS))
 def test_chaos_round_on_postgresql(pg_database, ilgun_factory, slow_files):
-    rounds = int(os.environ.get("ILGUN_CHAOS_PG_ROUNDS", "1"))
+    rounds = PG_ROUNDS
     server = ilgun_factory({**chaos.settings(), "DATABASE_URL": pg_database}, start=False, name="chaos")
     summary = chaos.Chaos(server, slow_files, rounds, seed=_seed(),
                           out=chaos.ARTIFACTS / "chaos-postgresql.json").run()
